@@ -1,0 +1,87 @@
+//! The datapath's configuration, written by the loader into the `CONFIG` map.
+
+/// How the programs are attached; recorded so `detach` can undo exactly it.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Nothing attached (the slot was never written).
+    None = 0,
+    /// tcx links (kernel >= 6.6), pinned.
+    Tcx = 1,
+    /// A clsact qdisc with cls_bpf filters (older kernels).
+    Clsact = 2,
+}
+
+impl AttachMode {
+    pub fn from_raw(raw: u8) -> Self {
+        match raw {
+            1 => Self::Tcx,
+            2 => Self::Clsact,
+            _ => Self::None,
+        }
+    }
+}
+
+/// Bit in [`NatConfig::flags`]: the loader created the clsact qdisc (and so
+/// removes it on detach).
+pub const FLAG_CREATED_CLSACT: u32 = 1 << 0;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatConfig {
+    /// Pod network address and mask, network byte order.
+    pub pod_net: u32,
+    pub pod_mask: u32,
+    /// The address masqueraded flows leave with (the uplink's primary IPv4).
+    pub nat_addr: u32,
+    /// Inclusive range for translated ports and ICMP identifiers, host order.
+    pub port_min: u16,
+    pub port_max: u16,
+    pub uplink_ifindex: u32,
+    pub bridge_ifindex: u32,
+    /// [`AttachMode`] as u8.
+    pub attach_mode: u8,
+    pub _pad: [u8; 3],
+    pub flags: u32,
+    /// clsact only: the filter priority used for both directions.
+    pub tc_priority: u32,
+}
+
+impl NatConfig {
+    /// Whether `addr` (network byte order) is inside the pod network.
+    #[inline(always)]
+    pub fn is_pod_addr(&self, addr: u32) -> bool {
+        self.pod_mask != 0 && addr & self.pod_mask == self.pod_net
+    }
+
+    pub fn attach_mode(&self) -> AttachMode {
+        AttachMode::from_raw(self.attach_mode)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn be(a: [u8; 4]) -> u32 {
+        u32::from_ne_bytes(a)
+    }
+
+    #[test]
+    fn pod_membership_uses_wire_order() {
+        let cfg = NatConfig {
+            pod_net: be([10, 85, 0, 0]),
+            pod_mask: be([255, 255, 0, 0]),
+            ..Default::default()
+        };
+        assert!(cfg.is_pod_addr(be([10, 85, 0, 2])));
+        assert!(cfg.is_pod_addr(be([10, 85, 255, 255])));
+        assert!(!cfg.is_pod_addr(be([10, 86, 0, 2])));
+        assert!(!cfg.is_pod_addr(be([192, 168, 61, 11])));
+    }
+
+    #[test]
+    fn unconfigured_has_no_pods() {
+        assert!(!NatConfig::default().is_pod_addr(0));
+    }
+}

@@ -1,0 +1,74 @@
+//! Datapath counters: one `u64` per reason in a per-CPU array.
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $variant:ident = $name:literal,)*) => {
+        /// Index into the `COUNTERS` map.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter { $($(#[$doc])* $variant,)* }
+
+        impl Counter {
+            pub const ALL: &'static [Counter] = &[$(Counter::$variant,)*];
+            /// Stable name used by `bpfmasq stats` and its JSON.
+            pub const fn name(self) -> &'static str {
+                match self { $(Counter::$variant => $name,)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Pod packet whose source was rewritten on the way out.
+    TranslatedOut = "translated_out",
+    /// Reply whose destination was rewritten back to a pod.
+    TranslatedIn = "translated_in",
+    /// Flows created (a port was claimed).
+    FlowsCreated = "flows_created",
+    /// Pod packet to an excluded destination (pod CIDR, multicast, broadcast, --no-masq).
+    PassedExcluded = "passed_excluded",
+    /// Egress packet not from the pod network (the host's own traffic).
+    PassedNotPod = "passed_not_pod",
+    /// Ingress packet with no flow (for the host itself).
+    PassedNoFlow = "passed_no_flow",
+    /// Not IPv4 (IPv6, ARP, ...): not ours to translate.
+    PassedNotIpv4 = "passed_not_ipv4",
+    /// Dropped: no free port/identifier for a new flow.
+    DropNoPort = "drop_no_port",
+    /// Dropped: the conntrack table is full.
+    DropTableFull = "drop_table_full",
+    /// Dropped: a pod packet with a protocol or ICMP type we cannot translate.
+    DropUnsupported = "drop_unsupported",
+    /// Dropped: a pod packet that is an IP fragment.
+    DropFragment = "drop_fragment",
+    /// Dropped: a pod packet with a truncated or malformed header.
+    DropMalformed = "drop_malformed",
+    /// Dropped: the datapath has no configuration (never attached properly).
+    DropNoConfig = "drop_no_config",
+    /// Dropped: rewriting the packet failed (helper error).
+    DropRewrite = "drop_rewrite",
+}
+
+impl Counter {
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    pub fn is_drop(self) -> bool {
+        self.name().starts_with("drop_")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_are_dense_and_names_unique() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+            for other in &Counter::ALL[i + 1..] {
+                assert_ne!(c.name(), other.name());
+            }
+        }
+        assert!(Counter::DropNoPort.is_drop());
+        assert!(!Counter::TranslatedOut.is_drop());
+    }
+}

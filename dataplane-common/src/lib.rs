@@ -1,0 +1,25 @@
+//! Types shared by the bpfmasq eBPF programs (kernel side) and the `bpfmasq`
+//! loader (user side). Everything here is `#[repr(C)]`, `no_std` and free of
+//! pointers, so the same bytes are valid in a BPF map and in userspace.
+//!
+//! Byte order convention: addresses and ports are stored exactly as they
+//! appear on the wire (network byte order), held in native integers. The eBPF
+//! side can then compare and copy header fields without swapping; the user
+//! side converts with `u32::from_ne_bytes(ip.octets())` and friends.
+#![cfg_attr(not(test), no_std)]
+
+pub mod config;
+pub mod counters;
+pub mod flow;
+pub mod maps;
+pub mod ports;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type below is #[repr(C)], has no padding holes that the
+    // kernel could read uninitialised (explicit `_pad` fields), and is valid
+    // for any bit pattern.
+    unsafe impl aya::Pod for crate::config::NatConfig {}
+    unsafe impl aya::Pod for crate::flow::FlowKey {}
+    unsafe impl aya::Pod for crate::flow::FlowEntry {}
+}

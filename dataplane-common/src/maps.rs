@@ -1,0 +1,22 @@
+//! Names of the maps and programs in the eBPF object. They are also the file
+//! names of the pins under `/sys/fs/bpf/bpfmasq/<netns>/<uplink>/`.
+
+/// `Array<NatConfig>` with one slot: what the datapath translates and to what.
+pub const CONFIG: &str = "CONFIG";
+/// `HashMap<FlowKey, FlowEntry>`: the conntrack table, one entry per direction.
+pub const CONNTRACK: &str = "CONNTRACK";
+/// `LpmTrie<u32, u8>`: destinations that are never masqueraded.
+pub const NO_MASQ: &str = "NO_MASQ";
+/// `PerCpuArray<u64>`, indexed by [`crate::counters::Counter`].
+pub const COUNTERS: &str = "COUNTERS";
+
+/// TC program on the uplink's egress: SNAT.
+pub const PROG_UPLINK_EGRESS: &str = "uplink_egress";
+/// TC program on the uplink's ingress: reverse SNAT.
+pub const PROG_UPLINK_INGRESS: &str = "uplink_ingress";
+
+/// Capacity the eBPF object declares for `CONNTRACK`; the loader resizes it
+/// from `--ct-max` (two entries per flow).
+pub const CONNTRACK_DEFAULT_ENTRIES: u32 = 2 * 262_144;
+/// Capacity of `NO_MASQ`.
+pub const NO_MASQ_ENTRIES: u32 = 256;

@@ -1,0 +1,172 @@
+//! Command-line interface: one verb per lifecycle step.
+
+use std::net::Ipv4Addr;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::Ipv4Net;
+
+use crate::datapath::options::PortRange;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bpfmasq",
+    version,
+    about = "eBPF masquerade (SNAT) for container hosts, in place of iptables MASQUERADE",
+    long_about = "bpfmasq masquerades traffic from a container bridge's pod network to the \
+                  uplink's address with TC eBPF programs and a conntrack map, instead of \
+                  per-container iptables chains.\n\n\
+                  Try it on the built-in lab:\n  \
+                  bpfmasq lab up\n  \
+                  bpfmasq --netns lab-host attach --bridge cni0 --uplink eth0\n  \
+                  bpfmasq lab exec c1 -- ping -c 3 192.168.61.12\n  \
+                  bpfmasq --netns lab-host conntrack list\n  \
+                  bpfmasq --netns lab-host detach --uplink eth0\n  \
+                  bpfmasq lab down"
+)]
+pub struct Cli {
+    /// Run the command inside this named network namespace (/run/netns/NAME).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub netns: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build, inspect and remove the lab: a host, an outside peer and containers, all in namespaces.
+    #[command(subcommand)]
+    Lab(LabCommand),
+    /// Load the NAT programs, attach them to the uplink and pin them; returns once traffic flows.
+    Attach(AttachArgs),
+    /// Remove every program, link, qdisc and pin that `attach` created.
+    Detach(DetachArgs),
+    /// Show the conntrack (NAT) table.
+    #[command(subcommand)]
+    Conntrack(ConntrackCommand),
+    /// Show the datapath counters, summed over CPUs.
+    Stats(StatsArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Create the lab: NAME-host (bridge cni0, uplink eth0), NAME-out (outside peer), NAME-c1..cN.
+    Up(LabUpArgs),
+    /// Remove the lab's namespaces, interfaces and any datapath pinned in it.
+    Down(LabNameArgs),
+    /// Show the lab's namespaces, interfaces and addresses.
+    Status(LabStatusArgs),
+    /// Run a command in a lab node: `host`, `out` or `c1`..`cN`.
+    Exec(LabExecArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LabNameArgs {
+    /// Lab name; namespaces are called NAME-host, NAME-out, NAME-c1...
+    #[arg(long, default_value = "lab")]
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LabUpArgs {
+    #[command(flatten)]
+    pub lab: LabNameArgs,
+    /// Number of containers (namespaces NAME-c1..NAME-cN, 10.85.0.2 upwards).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub containers: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct LabStatusArgs {
+    #[command(flatten)]
+    pub lab: LabNameArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LabExecArgs {
+    #[command(flatten)]
+    pub lab: LabNameArgs,
+    /// Node to run in: host, out, c1, c2, ...
+    pub node: String,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
+}
+
+/// Which TC attachment to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LinkType {
+    /// tcx when the kernel has it, else clsact.
+    #[default]
+    Auto,
+    /// tcx links (kernel >= 6.6).
+    Tcx,
+    /// clsact qdisc + cls_bpf filters (any kernel with BPF).
+    Clsact,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// The container bridge; its IPv4 subnet is the default pod CIDR.
+    #[arg(long, value_name = "IFACE")]
+    pub bridge: String,
+    /// The interface traffic leaves through; its primary IPv4 address is the NAT address.
+    #[arg(long, value_name = "IFACE")]
+    pub uplink: String,
+    /// Pod network to masquerade (default: the bridge's subnet).
+    #[arg(long, value_name = "CIDR")]
+    pub pod_cidr: Option<Ipv4Net>,
+    /// Destination never masqueraded (repeatable); the pod CIDR, 224.0.0.0/4 and 255.255.255.255 always are.
+    #[arg(long = "no-masq", value_name = "CIDR")]
+    pub no_masq: Vec<Ipv4Net>,
+    /// Ports (and ICMP identifiers) translated flows may use, e.g. 32768-60999.
+    #[arg(long, value_name = "LO-HI")]
+    pub port_range: Option<PortRange>,
+    /// Address to masquerade to (default: the uplink's primary IPv4 address).
+    #[arg(long, value_name = "ADDR")]
+    pub nat_address: Option<Ipv4Addr>,
+    /// Maximum number of tracked flows (like nf_conntrack_max).
+    #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
+    pub ct_max: u32,
+    /// How to attach the TC programs.
+    #[arg(long, value_enum, default_value_t)]
+    pub link_type: LinkType,
+}
+
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    /// The uplink given to `attach` (default: the only datapath attached in this namespace).
+    #[arg(long, value_name = "IFACE")]
+    pub uplink: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConntrackCommand {
+    /// List tracked flows: original tuple, translated tuple, packets and bytes each way.
+    List(ConntrackListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InstanceArgs {
+    /// The uplink of the datapath to read (default: the only one attached in this namespace).
+    #[arg(long, value_name = "IFACE")]
+    pub uplink: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConntrackListArgs {
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+}

@@ -1,0 +1,52 @@
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use bpfmasq::{
+    cli::{Cli, Command, ConntrackCommand, LabCommand},
+    datapath, inspect, lab,
+    netns::NetNs,
+};
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("bpfmasq: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    // setns only moves the calling thread, and threads inherit it: enter the
+    // namespace before the runtime (or anything else) starts a thread.
+    if let Some(name) = &cli.netns {
+        NetNs::open(name)?.enter()?;
+    }
+    if let Command::Lab(LabCommand::Exec(args)) = &cli.command {
+        return lab::exec(&args.lab.name, &args.node, &args.command);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(dispatch(cli))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Lab(LabCommand::Up(args)) => lab::up(&args.lab.name, args.containers).await,
+        Command::Lab(LabCommand::Down(args)) => lab::down(&args.name).await,
+        Command::Lab(LabCommand::Status(args)) => lab::status(&args.lab.name, args.json).await,
+        Command::Lab(LabCommand::Exec(_)) => unreachable!("handled before the runtime starts"),
+        Command::Attach(args) => datapath::attach(cli.netns.as_deref(), &args).await,
+        Command::Detach(args) => datapath::detach(cli.netns.as_deref(), args.uplink.as_deref()).await,
+        Command::Conntrack(ConntrackCommand::List(args)) => {
+            inspect::conntrack_list(cli.netns.as_deref(), &args.instance)
+        }
+        Command::Stats(args) => inspect::stats(cli.netns.as_deref(), &args.instance),
+    }
+}
