@@ -43,8 +43,11 @@ pub struct NatConfig {
     pub attach_mode: u8,
     pub _pad: [u8; 3],
     pub flags: u32,
-    /// clsact only: the filter priority used for both directions.
-    pub tc_priority: u32,
+    /// clsact only: the filters' priorities and handles, to remove exactly them.
+    pub tc_egress_priority: u16,
+    pub tc_ingress_priority: u16,
+    pub tc_egress_handle: u32,
+    pub tc_ingress_handle: u32,
 }
 
 impl NatConfig {

@@ -1,12 +1,95 @@
-//! STUB (being written): attach/detach.
+//! The datapath's lifecycle: `attach` loads the programs, configures the
+//! maps, attaches to the uplink and pins everything; `detach` undoes it.
+
+pub mod bpffs;
+pub mod instance;
+pub mod loader;
 pub mod options;
-use anyhow::Result;
+pub mod pinned;
+pub mod tc;
 
-use crate::cli::AttachArgs;
+use anyhow::{Context as _, Result, anyhow, bail};
 
-pub async fn attach(_netns: Option<&str>, _args: &AttachArgs) -> Result<()> {
-    todo!()
+use self::{
+    instance::{Instance, netns_label},
+    options::Resolved,
+    tc::AttachRecord,
+};
+use crate::{cli::AttachArgs, netlink::Netlink, privileges::require_root};
+
+/// Removes a half-made instance's pins unless disarmed: an `attach` that
+/// fails part-way leaves nothing behind.
+struct PinsGuard<'a> {
+    instance: &'a Instance,
+    armed: bool,
 }
-pub async fn detach(_netns: Option<&str>, _uplink: Option<&str>) -> Result<()> {
-    todo!()
+
+impl Drop for PinsGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.instance.remove_pins();
+        }
+    }
+}
+
+pub async fn attach(netns: Option<&str>, args: &AttachArgs) -> Result<()> {
+    require_root("bpfmasq attach")?;
+    let netlink = Netlink::connect()?;
+    let resolved = Resolved::resolve(&netlink, args).await?;
+    let instance = Instance::new(&netns_label(netns)?, &resolved.uplink);
+    if instance.dir().exists() {
+        bail!(
+            "a datapath is already attached to `{}` in network namespace `{}`; run `bpfmasq{} detach --uplink {}` first",
+            instance.uplink,
+            instance.netns,
+            netns.map(|n| format!(" --netns {n}")).unwrap_or_default(),
+            instance.uplink
+        );
+    }
+    bpffs::ensure_mounted()?;
+    std::fs::create_dir_all(instance.dir())
+        .with_context(|| format!("creating {}", instance.dir().display()))?;
+    let mut pins = PinsGuard { instance: &instance, armed: true };
+
+    let mut ebpf = loader::load(&instance, &resolved)?;
+    let mut config = resolved.nat_config();
+    loader::configure(&mut ebpf, &config, &resolved)?;
+    let record = tc::attach(&mut ebpf, &netlink, &instance, resolved.uplink_ifindex, args.link_type).await?;
+    record.store_in(&mut config);
+    if let Err(e) = loader::write_config(&mut ebpf, &config) {
+        let _ = tc::detach(Some(&netlink), &instance, Some(resolved.uplink_ifindex), &record).await;
+        return Err(e);
+    }
+    pins.armed = false;
+
+    println!(
+        "attached to {} ({:?}): masquerading {} to {} (ports {}), pinned in {}",
+        resolved.uplink,
+        config.attach_mode(),
+        resolved.pod_cidr,
+        resolved.nat_addr,
+        resolved.ports,
+        instance.dir().display()
+    );
+    Ok(())
+}
+
+pub async fn detach(netns: Option<&str>, uplink: Option<&str>) -> Result<()> {
+    require_root("bpfmasq detach")?;
+    let instance = Instance::find(&netns_label(netns)?, uplink)?;
+    let netlink = Netlink::connect()?;
+    // The uplink may be gone (its namespace torn down): then only pins remain.
+    let iface_index = netlink.link_index(&instance.uplink).await.ok();
+    let record = match pinned::read_config(&instance) {
+        Ok(config) => AttachRecord::from_config(&config),
+        Err(_) => AttachRecord::default(),
+    };
+    let mut errors = tc::detach(Some(&netlink), &instance, iface_index, &record).await;
+    errors.extend(instance.remove_pins().err());
+    if errors.is_empty() {
+        println!("detached from {} in network namespace `{}`", instance.uplink, instance.netns);
+        return Ok(());
+    }
+    let report: Vec<String> = errors.iter().map(|e| format!("{e:#}")).collect();
+    Err(anyhow!("detach finished with errors: {}", report.join("; ")))
 }

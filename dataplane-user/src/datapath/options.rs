@@ -1,5 +1,15 @@
 //! Parsing and resolving `attach` options.
-use std::{fmt, str::FromStr};
+use std::{fmt, net::Ipv4Addr, str::FromStr};
+
+use anyhow::{Result, anyhow, bail};
+use dataplane_common::{
+    config::NatConfig,
+    maps::NO_MASQ_ENTRIES,
+    ports::{DEFAULT_PORT_MAX, DEFAULT_PORT_MIN},
+};
+use ipnet::Ipv4Net;
+
+use crate::{cli::AttachArgs, netlink::Netlink};
 
 /// `--port-range LO-HI`, inclusive, 1..=65535.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +43,96 @@ impl FromStr for PortRange {
 impl fmt::Display for PortRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.min, self.max)
+    }
+}
+
+/// Everything `attach` needs, resolved against the interfaces.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub bridge: String,
+    pub bridge_ifindex: u32,
+    pub uplink: String,
+    pub uplink_ifindex: u32,
+    pub pod_cidr: Ipv4Net,
+    pub nat_addr: Ipv4Addr,
+    /// Destinations never masqueraded, including the built-in ones.
+    pub no_masq: Vec<Ipv4Net>,
+    pub ports: PortRange,
+    pub ct_max: u32,
+}
+
+/// Multicast and limited broadcast: never masqueraded (the CNI chain's
+/// `! -d 224.0.0.0/4`; broadcasts never leave a link).
+pub fn builtin_no_masq() -> [Ipv4Net; 2] {
+    [
+        Ipv4Net::new(Ipv4Addr::new(224, 0, 0, 0), 4).expect("valid prefix"),
+        Ipv4Net::new(Ipv4Addr::BROADCAST, 32).expect("valid prefix"),
+    ]
+}
+
+impl Resolved {
+    /// Looks the interfaces up and fills in the defaults: the pod CIDR from
+    /// the bridge's address, the NAT address from the uplink's primary one.
+    pub async fn resolve(netlink: &Netlink, args: &AttachArgs) -> Result<Self> {
+        if args.bridge == args.uplink {
+            bail!("--bridge and --uplink are the same interface `{}`", args.bridge);
+        }
+        let bridge_ifindex = netlink.link_index(&args.bridge).await?;
+        let uplink_ifindex = netlink.link_index(&args.uplink).await?;
+        let pod_cidr = match args.pod_cidr {
+            Some(cidr) => cidr.trunc(),
+            None => netlink
+                .ipv4_addrs(bridge_ifindex)
+                .await?
+                .first()
+                .map(Ipv4Net::trunc)
+                .ok_or_else(|| {
+                    anyhow!("bridge `{}` has no IPv4 address; give the pod network with --pod-cidr", args.bridge)
+                })?,
+        };
+        let nat_addr = match args.nat_address {
+            Some(addr) => addr,
+            None => netlink
+                .ipv4_addrs(uplink_ifindex)
+                .await?
+                .first()
+                .map(Ipv4Net::addr)
+                .ok_or_else(|| anyhow!("uplink `{}` has no IPv4 address to masquerade to", args.uplink))?,
+        };
+        if pod_cidr.contains(&nat_addr) {
+            bail!("the NAT address {nat_addr} lies inside the pod network {pod_cidr}");
+        }
+        let mut no_masq = vec![pod_cidr];
+        no_masq.extend(builtin_no_masq());
+        no_masq.extend(args.no_masq.iter().map(Ipv4Net::trunc));
+        if no_masq.len() > NO_MASQ_ENTRIES as usize {
+            bail!("too many --no-masq entries (at most {})", NO_MASQ_ENTRIES as usize - 3);
+        }
+        Ok(Self {
+            bridge: args.bridge.clone(),
+            bridge_ifindex,
+            uplink: args.uplink.clone(),
+            uplink_ifindex,
+            pod_cidr,
+            nat_addr,
+            no_masq,
+            ports: args.port_range.unwrap_or(PortRange { min: DEFAULT_PORT_MIN, max: DEFAULT_PORT_MAX }),
+            ct_max: args.ct_max,
+        })
+    }
+
+    /// The CONFIG map's value (attach fields are filled in after attaching).
+    pub fn nat_config(&self) -> NatConfig {
+        NatConfig {
+            pod_net: u32::from_ne_bytes(self.pod_cidr.network().octets()),
+            pod_mask: u32::from_ne_bytes(self.pod_cidr.netmask().octets()),
+            nat_addr: u32::from_ne_bytes(self.nat_addr.octets()),
+            port_min: self.ports.min,
+            port_max: self.ports.max,
+            uplink_ifindex: self.uplink_ifindex,
+            bridge_ifindex: self.bridge_ifindex,
+            ..Default::default()
+        }
     }
 }
 

@@ -1,0 +1,98 @@
+//! The conntrack table: finding a flow, creating one (claiming a port), and
+//! accounting packets against it.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
+use dataplane_common::{
+    config::NatConfig,
+    counters::Counter,
+    flow::{Direction, FlowEntry, FlowKey},
+    ports::{MAX_PORT_ATTEMPTS, candidate_port},
+};
+
+use crate::{counters::count, maps::CONNTRACK};
+
+const EEXIST: i32 = 17;
+
+/// Why no flow could be had for a new connection.
+pub enum FlowError {
+    /// Every candidate port for this destination is taken.
+    NoPort,
+    /// The table has no room for two more entries.
+    TableFull,
+}
+
+impl FlowError {
+    pub fn counter(&self) -> Counter {
+        match self {
+            FlowError::NoPort => Counter::DropNoPort,
+            FlowError::TableFull => Counter::DropTableFull,
+        }
+    }
+}
+
+/// The original-direction entry of the flow `key` (a pod's outgoing packet),
+/// created on first sight.
+#[inline(always)]
+pub fn original_entry(key: &FlowKey, cfg: &NatConfig, now_ns: u64) -> Result<*mut FlowEntry, FlowError> {
+    match CONNTRACK.get_ptr_mut(key) {
+        Some(entry) => Ok(entry),
+        None => create_flow(key, cfg, now_ns),
+    }
+}
+
+/// The reply-direction entry for a packet arriving at the NAT address.
+#[inline(always)]
+pub fn reply_entry(key: &FlowKey) -> Option<*mut FlowEntry> {
+    CONNTRACK
+        .get_ptr_mut(key)
+        .filter(|&entry| unsafe { (*entry).direction } == Direction::Reply as u8)
+}
+
+/// Claims a translated port and inserts both halves of a flow.
+///
+/// The reply entry goes in first with BPF_NOEXIST: that insert *is* the port
+/// claim, atomic against other CPUs. Only then is the original entry added;
+/// if that fails the claim is released, so no half flow is ever left behind.
+#[inline(never)]
+fn create_flow(key: &FlowKey, cfg: &NatConfig, now_ns: u64) -> Result<*mut FlowEntry, FlowError> {
+    let original_port = u16::from_be(key.src_port);
+    for attempt in 0..MAX_PORT_ATTEMPTS {
+        // SAFETY: plain helper call.
+        let random = unsafe { bpf_get_prandom_u32() };
+        let nat_port = candidate_port(attempt, original_port, cfg.port_min, cfg.port_max, random).to_be();
+        let reply_key = key.reply_after_snat(cfg.nat_addr, nat_port);
+        let reply = FlowEntry::new(Direction::Reply, key.src_addr, key.src_port, now_ns);
+        match CONNTRACK.insert(&reply_key, &reply, BPF_NOEXIST as u64) {
+            Ok(()) => {}
+            Err(e) if e == -EEXIST => continue,
+            Err(_) => return Err(FlowError::TableFull),
+        }
+        let original = FlowEntry::new(Direction::Original, cfg.nat_addr, nat_port, now_ns);
+        match CONNTRACK.insert(key, &original, BPF_NOEXIST as u64) {
+            Ok(()) => count(Counter::FlowsCreated),
+            Err(e) => {
+                let _ = CONNTRACK.remove(&reply_key);
+                if e != -EEXIST {
+                    return Err(FlowError::TableFull);
+                }
+                // Another CPU created this very flow meanwhile: use its entry.
+            }
+        }
+        return CONNTRACK.get_ptr_mut(key).ok_or(FlowError::TableFull);
+    }
+    Err(FlowError::NoPort)
+}
+
+/// Accounts one packet of `bytes` to `entry`.
+#[inline(always)]
+pub fn touch(entry: *mut FlowEntry, now_ns: u64, bytes: u32) {
+    // SAFETY: `entry` points into a map value, valid for this program run.
+    // The bpf target has no atomic read-modify-write in Rust's core, so two
+    // CPUs handling the same direction of one flow at once may lose a count:
+    // the figures are statistics, never used for a decision.
+    unsafe {
+        (*entry).last_seen_ns = now_ns;
+        (*entry).packets += 1;
+        (*entry).bytes += bytes as u64;
+    }
+}

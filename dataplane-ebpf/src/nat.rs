@@ -1,0 +1,124 @@
+//! The NAT core shared by every attach point: masquerade a pod's packet on
+//! its way out (`snat`) and translate the answer back (`unsnat`).
+//!
+//! Safety rule: a packet from the pod network that is not translated for any
+//! reason other than an excluded destination is dropped (TC_ACT_SHOT) and
+//! counted; it never leaves with its pod source address.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_ktime_get_ns,
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use dataplane_common::{config::NatConfig, counters::Counter, flow::FlowKey, flow::IPPROTO_ICMP};
+
+use crate::{
+    conntrack,
+    counters::count,
+    maps::{CONFIG, NO_MASQ},
+    packet::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ParseError, parse_ipv4, parse_transport},
+    rewrite::{Endpoint, rewrite},
+};
+
+/// Passes the packet, counting why.
+#[inline(always)]
+fn pass(counter: Counter) -> Result<i32, ()> {
+    count(counter);
+    Ok(TC_ACT_OK)
+}
+
+/// Drops the packet, counting why.
+#[inline(always)]
+fn drop(counter: Counter) -> Result<i32, ()> {
+    count(counter);
+    Ok(TC_ACT_SHOT)
+}
+
+#[inline(always)]
+fn config() -> Option<&'static NatConfig> {
+    CONFIG.get(0)
+}
+
+#[inline(always)]
+fn is_excluded(dst: u32) -> bool {
+    NO_MASQ.get(Key::new(32, dst)).is_some()
+}
+
+/// Masquerades a packet leaving through the uplink.
+#[inline(always)]
+pub fn snat(ctx: &TcContext) -> Result<i32, ()> {
+    let ip = match parse_ipv4(ctx) {
+        Ok(ip) => ip,
+        Err(ParseError::NotIpv4) => return pass(Counter::PassedNotIpv4),
+        // Without a readable source we cannot rule out a pod address.
+        Err(ParseError::Malformed) => return drop(Counter::DropMalformed),
+    };
+    let Some(cfg) = config() else {
+        return drop(Counter::DropNoConfig);
+    };
+    if !cfg.is_pod_addr(ip.src) {
+        return pass(Counter::PassedNotPod);
+    }
+    if is_excluded(ip.dst) {
+        return pass(Counter::PassedExcluded);
+    }
+    if cfg.nat_addr == 0 {
+        return drop(Counter::DropNoConfig);
+    }
+    if ip.is_fragment {
+        return drop(Counter::DropFragment);
+    }
+    let l4 = match parse_transport(ctx, &ip) {
+        Ok(Some(l4)) if ip.proto != IPPROTO_ICMP || l4.icmp_type == ICMP_ECHO_REQUEST => l4,
+        Ok(_) => return drop(Counter::DropUnsupported),
+        Err(_) => return drop(Counter::DropMalformed),
+    };
+    let key = FlowKey::new(ip.src, ip.dst, l4.src_port, l4.dst_port, ip.proto);
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let entry = match conntrack::original_entry(&key, cfg, now) {
+        Ok(entry) => entry,
+        Err(e) => return drop(e.counter()),
+    };
+    // SAFETY: map value pointer, valid for this run.
+    let (nat_addr, nat_port) = unsafe { ((*entry).rewrite_addr, (*entry).rewrite_port) };
+    if rewrite(ctx, &ip, Endpoint::Source, (ip.src, nat_addr), (l4.src_port, nat_port)).is_err() {
+        return drop(Counter::DropRewrite);
+    }
+    conntrack::touch(entry, now, ctx.len());
+    pass(Counter::TranslatedOut)
+}
+
+/// Translates a reply arriving at the NAT address back to its pod.
+#[inline(always)]
+pub fn unsnat(ctx: &TcContext) -> Result<i32, ()> {
+    let ip = match parse_ipv4(ctx) {
+        Ok(ip) => ip,
+        Err(ParseError::NotIpv4) => return pass(Counter::PassedNotIpv4),
+        // The host stack drops what it cannot parse either.
+        Err(ParseError::Malformed) => return pass(Counter::PassedNoFlow),
+    };
+    let Some(cfg) = config() else {
+        return pass(Counter::PassedNoFlow);
+    };
+    if ip.dst != cfg.nat_addr || ip.is_fragment {
+        return pass(Counter::PassedNoFlow);
+    }
+    let l4 = match parse_transport(ctx, &ip) {
+        Ok(Some(l4)) if ip.proto != IPPROTO_ICMP || l4.icmp_type == ICMP_ECHO_REPLY => l4,
+        _ => return pass(Counter::PassedNoFlow),
+    };
+    let key = FlowKey::new(ip.src, ip.dst, l4.src_port, l4.dst_port, ip.proto);
+    let Some(entry) = conntrack::reply_entry(&key) else {
+        return pass(Counter::PassedNoFlow);
+    };
+    // SAFETY: map value pointer, valid for this run.
+    let (pod_addr, pod_port) = unsafe { ((*entry).rewrite_addr, (*entry).rewrite_port) };
+    if rewrite(ctx, &ip, Endpoint::Destination, (ip.dst, pod_addr), (l4.dst_port, pod_port)).is_err() {
+        return drop(Counter::DropRewrite);
+    }
+    // SAFETY: plain helper call.
+    conntrack::touch(entry, unsafe { bpf_ktime_get_ns() }, ctx.len());
+    pass(Counter::TranslatedIn)
+}

@@ -1,0 +1,75 @@
+//! Rewriting an address and a port (or ICMP echo identifier) in place with
+//! incremental checksum updates. The kernel helpers handle every skb
+//! checksum state: CHECKSUM_PARTIAL (GSO/TSO: only the pseudo-header sum is
+//! in the packet), CHECKSUM_COMPLETE and UDP's "no checksum" zero.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::TcContext,
+};
+use dataplane_common::flow::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+
+use crate::packet::Ipv4;
+
+/// Which end of the packet to rewrite.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Source,
+    Destination,
+}
+
+const IPV4_CHECK_OFF: usize = 10;
+const IPV4_SRC_OFF: usize = 12;
+const IPV4_DST_OFF: usize = 16;
+const TCP_CHECK_OFF: usize = 16;
+const UDP_CHECK_OFF: usize = 6;
+const ICMP_CHECK_OFF: usize = 2;
+const ICMP_ID_OFF: usize = 4;
+
+/// A rewrite failed in a kernel helper; the packet must be dropped.
+pub struct RewriteError;
+
+/// Sets `endpoint`'s address to `new_addr` and its port (the echo identifier
+/// for ICMP) to `new_port`; `old_*` are the values currently in the packet.
+#[inline(always)]
+pub fn rewrite(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    endpoint: Endpoint,
+    (old_addr, new_addr): (u32, u32),
+    (old_port, new_port): (u16, u16),
+) -> Result<(), RewriteError> {
+    let (addr_off, port_off) = match (ip.proto, endpoint) {
+        (IPPROTO_ICMP, Endpoint::Source) => (IPV4_SRC_OFF, ICMP_ID_OFF),
+        (IPPROTO_ICMP, Endpoint::Destination) => (IPV4_DST_OFF, ICMP_ID_OFF),
+        (_, Endpoint::Source) => (IPV4_SRC_OFF, 0),
+        (_, Endpoint::Destination) => (IPV4_DST_OFF, 2),
+    };
+    // (checksum offset, flags for an address change, flags for a port change)
+    let (check_off, addr_flags, port_flags) = match ip.proto {
+        IPPROTO_TCP => (TCP_CHECK_OFF, BPF_F_PSEUDO_HDR as u64, 0),
+        IPPROTO_UDP => {
+            let zero_ok = BPF_F_MARK_MANGLED_0 as u64;
+            (UDP_CHECK_OFF, BPF_F_PSEUDO_HDR as u64 | zero_ok, zero_ok)
+        }
+        // The ICMP checksum covers no pseudo-header: only the identifier counts.
+        _ => (ICMP_CHECK_OFF, 0, 0),
+    };
+    let l4_check = ip.l4_off + check_off;
+
+    if old_port != new_port {
+        ctx.l4_csum_replace(l4_check, old_port as u64, new_port as u64, port_flags | 2)
+            .map_err(|_| RewriteError)?;
+        ctx.store(ip.l4_off + port_off, &new_port, 0).map_err(|_| RewriteError)?;
+    }
+    if old_addr != new_addr {
+        if ip.proto != IPPROTO_ICMP {
+            ctx.l4_csum_replace(l4_check, old_addr as u64, new_addr as u64, addr_flags | 4)
+                .map_err(|_| RewriteError)?;
+        }
+        ctx.l3_csum_replace(ip.l3_off + IPV4_CHECK_OFF, old_addr as u64, new_addr as u64, 4)
+            .map_err(|_| RewriteError)?;
+        ctx.store(ip.l3_off + addr_off, &new_addr, 0).map_err(|_| RewriteError)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,25 @@
+//! Making sure a BPF filesystem is mounted where pins go.
+
+use std::{fs, path::Path};
+
+use anyhow::{Context as _, Result};
+use nix::mount::{MsFlags, mount};
+
+const BPFFS_ROOT: &str = "/sys/fs/bpf";
+/// statfs f_type of a BPF filesystem.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+}
+
+/// Mounts bpffs at /sys/fs/bpf unless one is there already.
+pub fn ensure_mounted() -> Result<()> {
+    let root = Path::new(BPFFS_ROOT);
+    if is_bpffs(root) {
+        return Ok(());
+    }
+    fs::create_dir_all(root).with_context(|| format!("creating {BPFFS_ROOT}"))?;
+    mount(Some("bpf"), root, Some("bpf"), MsFlags::empty(), Some("mode=0700"))
+        .with_context(|| format!("mounting a BPF filesystem on {BPFFS_ROOT}"))
+}

@@ -1,0 +1,31 @@
+//! Opening an instance's pinned maps from any process: the inspection verbs
+//! and `detach` read the datapath's state without loading anything.
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use dataplane_common::{
+    config::NatConfig,
+    flow::{FlowEntry, FlowKey},
+    maps,
+};
+
+use super::instance::Instance;
+
+fn open(instance: &Instance, name: &str) -> Result<Map> {
+    let path = instance.pin(name);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+    Map::from_map_data(data).map_err(|e| anyhow!("pinned map {}: {e}", path.display()))
+}
+
+pub fn read_config(instance: &Instance) -> Result<NatConfig> {
+    let array: Array<MapData, NatConfig> = open(instance, maps::CONFIG)?.try_into()?;
+    array.get(&0, 0).context("reading the datapath configuration")
+}
+
+pub fn conntrack(instance: &Instance) -> Result<HashMap<MapData, FlowKey, FlowEntry>> {
+    Ok(open(instance, maps::CONNTRACK)?.try_into()?)
+}
+
+pub fn counters(instance: &Instance) -> Result<PerCpuArray<MapData, u64>> {
+    Ok(open(instance, maps::COUNTERS)?.try_into()?)
+}
