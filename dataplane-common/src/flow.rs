@@ -22,8 +22,21 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
-    pub const fn new(src_addr: u32, dst_addr: u32, src_port: u16, dst_port: u16, proto: u8) -> Self {
-        Self { src_addr, dst_addr, src_port, dst_port, proto, _pad: [0; 3] }
+    pub const fn new(
+        src_addr: u32,
+        dst_addr: u32,
+        src_port: u16,
+        dst_port: u16,
+        proto: u8,
+    ) -> Self {
+        Self {
+            src_addr,
+            dst_addr,
+            src_port,
+            dst_port,
+            proto,
+            _pad: [0; 3],
+        }
     }
 
     /// The key of the packet that answers this one once its source became
@@ -71,7 +84,12 @@ pub struct FlowEntry {
 }
 
 impl FlowEntry {
-    pub const fn new(direction: Direction, rewrite_addr: u32, rewrite_port: u16, now_ns: u64) -> Self {
+    pub const fn new(
+        direction: Direction,
+        rewrite_addr: u32,
+        rewrite_port: u16,
+        now_ns: u64,
+    ) -> Self {
         Self {
             rewrite_addr,
             rewrite_port,
@@ -100,7 +118,10 @@ mod tests {
         let nat = u32::from_ne_bytes([192, 168, 61, 11]);
         let original = FlowKey::new(pod, server, 40000u16.to_be(), 80u16.to_be(), IPPROTO_TCP);
         let reply = original.reply_after_snat(nat, 41000u16.to_be());
-        assert_eq!(reply, FlowKey::new(server, nat, 80u16.to_be(), 41000u16.to_be(), IPPROTO_TCP));
+        assert_eq!(
+            reply,
+            FlowKey::new(server, nat, 80u16.to_be(), 41000u16.to_be(), IPPROTO_TCP)
+        );
         assert_eq!(reply.original_before_snat(pod, 40000u16.to_be()), original);
     }
 

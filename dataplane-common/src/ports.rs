@@ -43,12 +43,18 @@ mod tests {
             let p = candidate_port(3, 40000, 30000, 30009, r);
             assert!((30000..=30009).contains(&p), "{p}");
         }
-        assert_eq!(candidate_port(1, 5, 1, 65535, u32::MAX) as u32, 1 + u32::MAX % 65535);
+        assert_eq!(
+            candidate_port(1, 5, 1, 65535, u32::MAX) as u32,
+            1 + u32::MAX % 65535
+        );
     }
 
     #[test]
     fn full_range_and_single_port() {
-        assert_eq!(candidate_port(1, 0, 0, 65535, 70000), (70000u32 % 65536) as u16);
+        assert_eq!(
+            candidate_port(1, 0, 0, 65535, 70000),
+            (70000u32 % 65536) as u16
+        );
         assert_eq!(candidate_port(5, 9, 500, 500, 99), 500);
     }
 }

@@ -33,7 +33,11 @@ impl FlowError {
 /// The original-direction entry of the flow `key` (a pod's outgoing packet),
 /// created on first sight.
 #[inline(always)]
-pub fn original_entry(key: &FlowKey, cfg: &NatConfig, now_ns: u64) -> Result<*mut FlowEntry, FlowError> {
+pub fn original_entry(
+    key: &FlowKey,
+    cfg: &NatConfig,
+    now_ns: u64,
+) -> Result<*mut FlowEntry, FlowError> {
     match CONNTRACK.get_ptr_mut(key) {
         Some(entry) => Ok(entry),
         None => create_flow(key, cfg, now_ns),
@@ -59,7 +63,8 @@ fn create_flow(key: &FlowKey, cfg: &NatConfig, now_ns: u64) -> Result<*mut FlowE
     for attempt in 0..MAX_PORT_ATTEMPTS {
         // SAFETY: plain helper call.
         let random = unsafe { bpf_get_prandom_u32() };
-        let nat_port = candidate_port(attempt, original_port, cfg.port_min, cfg.port_max, random).to_be();
+        let nat_port =
+            candidate_port(attempt, original_port, cfg.port_min, cfg.port_max, random).to_be();
         let reply_key = key.reply_after_snat(cfg.nat_addr, nat_port);
         let reply = FlowEntry::new(Direction::Reply, key.src_addr, key.src_port, now_ns);
         match CONNTRACK.insert(&reply_key, &reply, BPF_NOEXIST as u64) {

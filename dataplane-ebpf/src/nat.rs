@@ -83,7 +83,15 @@ pub fn snat(ctx: &TcContext) -> Result<i32, ()> {
     };
     // SAFETY: map value pointer, valid for this run.
     let (nat_addr, nat_port) = unsafe { ((*entry).rewrite_addr, (*entry).rewrite_port) };
-    if rewrite(ctx, &ip, Endpoint::Source, (ip.src, nat_addr), (l4.src_port, nat_port)).is_err() {
+    if rewrite(
+        ctx,
+        &ip,
+        Endpoint::Source,
+        (ip.src, nat_addr),
+        (l4.src_port, nat_port),
+    )
+    .is_err()
+    {
         return drop(Counter::DropRewrite);
     }
     conntrack::touch(entry, now, ctx.len());
@@ -115,7 +123,15 @@ pub fn unsnat(ctx: &TcContext) -> Result<i32, ()> {
     };
     // SAFETY: map value pointer, valid for this run.
     let (pod_addr, pod_port) = unsafe { ((*entry).rewrite_addr, (*entry).rewrite_port) };
-    if rewrite(ctx, &ip, Endpoint::Destination, (ip.dst, pod_addr), (l4.dst_port, pod_port)).is_err() {
+    if rewrite(
+        ctx,
+        &ip,
+        Endpoint::Destination,
+        (ip.dst, pod_addr),
+        (l4.dst_port, pod_port),
+    )
+    .is_err()
+    {
         return drop(Counter::DropRewrite);
     }
     // SAFETY: plain helper call.

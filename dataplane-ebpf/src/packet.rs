@@ -54,7 +54,8 @@ const L4_PREFIX: usize = 8;
 fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*const T, ParseError> {
     let len = core::mem::size_of::<T>();
     if ctx.data() + offset + len > ctx.data_end() {
-        ctx.pull_data((offset + len) as u32).map_err(|_| ParseError::Malformed)?;
+        ctx.pull_data((offset + len) as u32)
+            .map_err(|_| ParseError::Malformed)?;
         if ctx.data() + offset + len > ctx.data_end() {
             return Err(ParseError::Malformed);
         }
@@ -103,7 +104,11 @@ pub fn parse_transport(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Transport>, 
     match ip.proto {
         IPPROTO_TCP | IPPROTO_UDP => {
             let ports: [u16; 2] = load(ctx, ip.l4_off)?;
-            Ok(Some(Transport { src_port: ports[0], dst_port: ports[1], icmp_type: 0 }))
+            Ok(Some(Transport {
+                src_port: ports[0],
+                dst_port: ports[1],
+                icmp_type: 0,
+            }))
         }
         IPPROTO_ICMP => {
             let icmp: [u8; L4_PREFIX] = load(ctx, ip.l4_off)?;
@@ -113,7 +118,11 @@ pub fn parse_transport(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Transport>, 
                 ICMP_ECHO_REPLY => (0, id),
                 _ => return Ok(None),
             };
-            Ok(Some(Transport { src_port, dst_port, icmp_type: icmp[0] }))
+            Ok(Some(Transport {
+                src_port,
+                dst_port,
+                icmp_type: icmp[0],
+            }))
         }
         _ => Ok(None),
     }

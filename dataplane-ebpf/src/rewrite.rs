@@ -60,16 +60,23 @@ pub fn rewrite(
     if old_port != new_port {
         ctx.l4_csum_replace(l4_check, old_port as u64, new_port as u64, port_flags | 2)
             .map_err(|_| RewriteError)?;
-        ctx.store(ip.l4_off + port_off, &new_port, 0).map_err(|_| RewriteError)?;
+        ctx.store(ip.l4_off + port_off, &new_port, 0)
+            .map_err(|_| RewriteError)?;
     }
     if old_addr != new_addr {
         if ip.proto != IPPROTO_ICMP {
             ctx.l4_csum_replace(l4_check, old_addr as u64, new_addr as u64, addr_flags | 4)
                 .map_err(|_| RewriteError)?;
         }
-        ctx.l3_csum_replace(ip.l3_off + IPV4_CHECK_OFF, old_addr as u64, new_addr as u64, 4)
+        ctx.l3_csum_replace(
+            ip.l3_off + IPV4_CHECK_OFF,
+            old_addr as u64,
+            new_addr as u64,
+            4,
+        )
+        .map_err(|_| RewriteError)?;
+        ctx.store(ip.l3_off + addr_off, &new_addr, 0)
             .map_err(|_| RewriteError)?;
-        ctx.store(ip.l3_off + addr_off, &new_addr, 0).map_err(|_| RewriteError)?;
     }
     Ok(())
 }

@@ -61,8 +61,9 @@ fn addr(raw: u32) -> Ipv4Addr {
 
 /// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns() reads.
 fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map_or(0, |now| now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64)
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |now| {
+        now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+    })
 }
 
 fn seconds_since(now_ns: u64, then_ns: u64) -> u64 {
@@ -72,8 +73,10 @@ fn seconds_since(now_ns: u64, then_ns: u64) -> u64 {
 /// Every flow of the instance, sorted by protocol and original tuple.
 pub fn flows(instance: &Instance) -> Result<Vec<Flow>> {
     let table = pinned::conntrack(instance)?;
-    let entries: Vec<(FlowKey, FlowEntry)> =
-        table.iter().collect::<Result<_, _>>().context("reading the conntrack map")?;
+    let entries: Vec<(FlowKey, FlowEntry)> = table
+        .iter()
+        .collect::<Result<_, _>>()
+        .context("reading the conntrack map")?;
     let now = monotonic_ns();
     let mut flows: Vec<Flow> = entries
         .iter()
@@ -83,13 +86,33 @@ pub fn flows(instance: &Instance) -> Result<Vec<Flow>> {
             let back = table.get(&reply_key, 0).ok();
             Flow {
                 proto: proto_name(key.proto),
-                src: Endpoint { addr: addr(key.src_addr), port: u16::from_be(key.src_port) },
-                dst: Endpoint { addr: addr(key.dst_addr), port: u16::from_be(key.dst_port) },
-                translated: Endpoint { addr: addr(out.rewrite_addr), port: u16::from_be(out.rewrite_port) },
-                original_dir: Traffic { packets: out.packets, bytes: out.bytes },
-                reply_dir: back.map(|b| Traffic { packets: b.packets, bytes: b.bytes }).unwrap_or_default(),
+                src: Endpoint {
+                    addr: addr(key.src_addr),
+                    port: u16::from_be(key.src_port),
+                },
+                dst: Endpoint {
+                    addr: addr(key.dst_addr),
+                    port: u16::from_be(key.dst_port),
+                },
+                translated: Endpoint {
+                    addr: addr(out.rewrite_addr),
+                    port: u16::from_be(out.rewrite_port),
+                },
+                original_dir: Traffic {
+                    packets: out.packets,
+                    bytes: out.bytes,
+                },
+                reply_dir: back
+                    .map(|b| Traffic {
+                        packets: b.packets,
+                        bytes: b.bytes,
+                    })
+                    .unwrap_or_default(),
                 age_seconds: seconds_since(now, out.created_ns),
-                idle_seconds: seconds_since(now, back.map_or(out.last_seen_ns, |b| b.last_seen_ns.max(out.last_seen_ns))),
+                idle_seconds: seconds_since(
+                    now,
+                    back.map_or(out.last_seen_ns, |b| b.last_seen_ns.max(out.last_seen_ns)),
+                ),
             }
         })
         .collect();
@@ -106,13 +129,21 @@ pub fn conntrack_list(netns: Option<&str>, args: &InstanceArgs) -> Result<()> {
     }
     println!(
         "{:<5} {:<44} {:<22} {:>16} {:>16} {:>6}",
-        "PROTO", "ORIGINAL (POD -> PEER)", "TRANSLATED SOURCE", "OUT PKTS/BYTES", "IN PKTS/BYTES", "IDLE"
+        "PROTO",
+        "ORIGINAL (POD -> PEER)",
+        "TRANSLATED SOURCE",
+        "OUT PKTS/BYTES",
+        "IN PKTS/BYTES",
+        "IDLE"
     );
     for f in &flows {
         println!(
             "{:<5} {:<44} {:<22} {:>16} {:>16} {:>5}s",
             f.proto,
-            format!("{}:{} -> {}:{}", f.src.addr, f.src.port, f.dst.addr, f.dst.port),
+            format!(
+                "{}:{} -> {}:{}",
+                f.src.addr, f.src.port, f.dst.addr, f.dst.port
+            ),
             format!("{}:{}", f.translated.addr, f.translated.port),
             format!("{}/{}", f.original_dir.packets, f.original_dir.bytes),
             format!("{}/{}", f.reply_dir.packets, f.reply_dir.bytes),
@@ -129,7 +160,9 @@ pub fn counter_totals(instance: &Instance) -> Result<Vec<(Counter, u64)>> {
     Counter::ALL
         .iter()
         .map(|&c| {
-            let per_cpu = counters.get(&(c as u32), 0).with_context(|| format!("reading counter {}", c.name()))?;
+            let per_cpu = counters
+                .get(&(c as u32), 0)
+                .with_context(|| format!("reading counter {}", c.name()))?;
             Ok((c, per_cpu.iter().sum()))
         })
         .collect()
@@ -139,8 +172,10 @@ pub fn stats(netns: Option<&str>, args: &InstanceArgs) -> Result<()> {
     let instance = Instance::find(&netns_label(netns)?, args.uplink.as_deref())?;
     let totals = counter_totals(&instance)?;
     if args.json {
-        let map: serde_json::Map<String, serde_json::Value> =
-            totals.iter().map(|(c, v)| (c.name().to_owned(), (*v).into())).collect();
+        let map: serde_json::Map<String, serde_json::Value> = totals
+            .iter()
+            .map(|(c, v)| (c.name().to_owned(), (*v).into()))
+            .collect();
         println!("{}", serde_json::to_string_pretty(&map)?);
         return Ok(());
     }

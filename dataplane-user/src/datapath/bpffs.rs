@@ -20,6 +20,12 @@ pub fn ensure_mounted() -> Result<()> {
         return Ok(());
     }
     fs::create_dir_all(root).with_context(|| format!("creating {BPFFS_ROOT}"))?;
-    mount(Some("bpf"), root, Some("bpf"), MsFlags::empty(), Some("mode=0700"))
-        .with_context(|| format!("mounting a BPF filesystem on {BPFFS_ROOT}"))
+    mount(
+        Some("bpf"),
+        root,
+        Some("bpf"),
+        MsFlags::empty(),
+        Some("mode=0700"),
+    )
+    .with_context(|| format!("mounting a BPF filesystem on {BPFFS_ROOT}"))
 }

@@ -27,7 +27,10 @@ pub struct Instance {
 
 impl Instance {
     pub fn new(netns: &str, uplink: &str) -> Self {
-        Self { netns: netns.to_owned(), uplink: uplink.to_owned() }
+        Self {
+            netns: netns.to_owned(),
+            uplink: uplink.to_owned(),
+        }
     }
 
     /// The instance for the given uplink, or the only one attached in `netns`.
@@ -41,7 +44,9 @@ impl Instance {
         }
         let uplinks = Self::uplinks_in(netns)?;
         match uplinks.as_slice() {
-            [] => bail!("nothing is attached in network namespace `{netns}` (run `bpfmasq attach` first)"),
+            [] => bail!(
+                "nothing is attached in network namespace `{netns}` (run `bpfmasq attach` first)"
+            ),
             [only] => Ok(Self::new(netns, only)),
             several => bail!(
                 "several datapaths are attached in network namespace `{netns}` ({}); choose one with --uplink",
@@ -58,8 +63,9 @@ impl Instance {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
         };
-        let mut uplinks: Vec<String> =
-            entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+        let mut uplinks: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
         uplinks.sort();
         Ok(uplinks)
     }
@@ -97,9 +103,14 @@ pub fn netns_label(named: Option<&str>) -> Result<String> {
     if let Some(name) = named {
         return Ok(name.to_owned());
     }
-    let own = fs::metadata("/proc/thread-self/ns/net").context("reading /proc/thread-self/ns/net")?;
+    let own =
+        fs::metadata("/proc/thread-self/ns/net").context("reading /proc/thread-self/ns/net")?;
     let init = fs::metadata("/proc/1/ns/net").context("reading /proc/1/ns/net")?;
-    Ok(if own.ino() == init.ino() { "default".to_owned() } else { format!("netns-{}", own.ino()) })
+    Ok(if own.ino() == init.ino() {
+        "default".to_owned()
+    } else {
+        format!("netns-{}", own.ino())
+    })
 }
 
 #[cfg(test)]
@@ -110,7 +121,10 @@ mod tests {
     fn layout() {
         let i = Instance::new("lab-host", "eth0");
         assert_eq!(i.dir(), Path::new("/sys/fs/bpf/bpfmasq/lab-host/eth0"));
-        assert_eq!(i.pin("CONFIG"), Path::new("/sys/fs/bpf/bpfmasq/lab-host/eth0/CONFIG"));
+        assert_eq!(
+            i.pin("CONFIG"),
+            Path::new("/sys/fs/bpf/bpfmasq/lab-host/eth0/CONFIG")
+        );
     }
 
     #[test]

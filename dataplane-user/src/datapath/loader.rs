@@ -18,7 +18,9 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// pinned in `instance`'s folder.
 pub fn load(instance: &Instance, resolved: &Resolved) -> Result<Ebpf> {
     if EBPF_OBJECT.is_empty() {
-        bail!("this bpfmasq was built without its eBPF object (bpf-linker was missing); run `cargo xtask build`");
+        bail!(
+            "this bpfmasq was built without its eBPF object (bpf-linker was missing); run `cargo xtask build`"
+        );
     }
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(instance.dir())
@@ -49,8 +51,13 @@ pub fn configure(ebpf: &mut Ebpf, config: &NatConfig, resolved: &Resolved) -> Re
         .ok_or_else(|| anyhow!("map {} missing", maps::NO_MASQ))?
         .try_into()?;
     for net in &resolved.no_masq {
-        let key = Key::new(u32::from(net.prefix_len()), u32::from_ne_bytes(net.network().octets()));
-        no_masq.insert(&key, 1, 0).with_context(|| format!("adding {net} to {}", maps::NO_MASQ))?;
+        let key = Key::new(
+            u32::from(net.prefix_len()),
+            u32::from_ne_bytes(net.network().octets()),
+        );
+        no_masq
+            .insert(&key, 1, 0)
+            .with_context(|| format!("adding {net} to {}", maps::NO_MASQ))?;
     }
     Ok(())
 }
@@ -61,5 +68,7 @@ pub fn write_config(ebpf: &mut Ebpf, config: &NatConfig) -> Result<()> {
         .map_mut(maps::CONFIG)
         .ok_or_else(|| anyhow!("map {} missing", maps::CONFIG))?
         .try_into()?;
-    array.set(0, config, 0).context("writing the datapath configuration")
+    array
+        .set(0, config, 0)
+        .context("writing the datapath configuration")
 }

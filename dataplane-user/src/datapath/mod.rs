@@ -49,15 +49,31 @@ pub async fn attach(netns: Option<&str>, args: &AttachArgs) -> Result<()> {
     bpffs::ensure_mounted()?;
     std::fs::create_dir_all(instance.dir())
         .with_context(|| format!("creating {}", instance.dir().display()))?;
-    let mut pins = PinsGuard { instance: &instance, armed: true };
+    let mut pins = PinsGuard {
+        instance: &instance,
+        armed: true,
+    };
 
     let mut ebpf = loader::load(&instance, &resolved)?;
     let mut config = resolved.nat_config();
     loader::configure(&mut ebpf, &config, &resolved)?;
-    let record = tc::attach(&mut ebpf, &netlink, &instance, resolved.uplink_ifindex, args.link_type).await?;
+    let record = tc::attach(
+        &mut ebpf,
+        &netlink,
+        &instance,
+        resolved.uplink_ifindex,
+        args.link_type,
+    )
+    .await?;
     record.store_in(&mut config);
     if let Err(e) = loader::write_config(&mut ebpf, &config) {
-        let _ = tc::detach(Some(&netlink), &instance, Some(resolved.uplink_ifindex), &record).await;
+        let _ = tc::detach(
+            Some(&netlink),
+            &instance,
+            Some(resolved.uplink_ifindex),
+            &record,
+        )
+        .await;
         return Err(e);
     }
     pins.armed = false;
@@ -87,9 +103,15 @@ pub async fn detach(netns: Option<&str>, uplink: Option<&str>) -> Result<()> {
     let mut errors = tc::detach(Some(&netlink), &instance, iface_index, &record).await;
     errors.extend(instance.remove_pins().err());
     if errors.is_empty() {
-        println!("detached from {} in network namespace `{}`", instance.uplink, instance.netns);
+        println!(
+            "detached from {} in network namespace `{}`",
+            instance.uplink, instance.netns
+        );
         return Ok(());
     }
     let report: Vec<String> = errors.iter().map(|e| format!("{e:#}")).collect();
-    Err(anyhow!("detach finished with errors: {}", report.join("; ")))
+    Err(anyhow!(
+        "detach finished with errors: {}",
+        report.join("; ")
+    ))
 }

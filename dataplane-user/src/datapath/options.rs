@@ -22,9 +22,9 @@ impl FromStr for PortRange {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (lo, hi) = s
-            .split_once('-')
-            .ok_or_else(|| format!("`{s}` is not a port range; expected LO-HI, e.g. 32768-60999"))?;
+        let (lo, hi) = s.split_once('-').ok_or_else(|| {
+            format!("`{s}` is not a port range; expected LO-HI, e.g. 32768-60999")
+        })?;
         let parse = |p: &str| -> Result<u16, String> {
             p.trim()
                 .parse::<u16>()
@@ -75,7 +75,10 @@ impl Resolved {
     /// the bridge's address, the NAT address from the uplink's primary one.
     pub async fn resolve(netlink: &Netlink, args: &AttachArgs) -> Result<Self> {
         if args.bridge == args.uplink {
-            bail!("--bridge and --uplink are the same interface `{}`", args.bridge);
+            bail!(
+                "--bridge and --uplink are the same interface `{}`",
+                args.bridge
+            );
         }
         let bridge_ifindex = netlink.link_index(&args.bridge).await?;
         let uplink_ifindex = netlink.link_index(&args.uplink).await?;
@@ -87,7 +90,10 @@ impl Resolved {
                 .first()
                 .map(Ipv4Net::trunc)
                 .ok_or_else(|| {
-                    anyhow!("bridge `{}` has no IPv4 address; give the pod network with --pod-cidr", args.bridge)
+                    anyhow!(
+                        "bridge `{}` has no IPv4 address; give the pod network with --pod-cidr",
+                        args.bridge
+                    )
                 })?,
         };
         let nat_addr = match args.nat_address {
@@ -97,7 +103,12 @@ impl Resolved {
                 .await?
                 .first()
                 .map(Ipv4Net::addr)
-                .ok_or_else(|| anyhow!("uplink `{}` has no IPv4 address to masquerade to", args.uplink))?,
+                .ok_or_else(|| {
+                    anyhow!(
+                        "uplink `{}` has no IPv4 address to masquerade to",
+                        args.uplink
+                    )
+                })?,
         };
         if pod_cidr.contains(&nat_addr) {
             bail!("the NAT address {nat_addr} lies inside the pod network {pod_cidr}");
@@ -106,7 +117,10 @@ impl Resolved {
         no_masq.extend(builtin_no_masq());
         no_masq.extend(args.no_masq.iter().map(Ipv4Net::trunc));
         if no_masq.len() > NO_MASQ_ENTRIES as usize {
-            bail!("too many --no-masq entries (at most {})", NO_MASQ_ENTRIES as usize - 3);
+            bail!(
+                "too many --no-masq entries (at most {})",
+                NO_MASQ_ENTRIES as usize - 3
+            );
         }
         Ok(Self {
             bridge: args.bridge.clone(),
@@ -116,7 +130,10 @@ impl Resolved {
             pod_cidr,
             nat_addr,
             no_masq,
-            ports: args.port_range.unwrap_or(PortRange { min: DEFAULT_PORT_MIN, max: DEFAULT_PORT_MAX }),
+            ports: args.port_range.unwrap_or(PortRange {
+                min: DEFAULT_PORT_MIN,
+                max: DEFAULT_PORT_MAX,
+            }),
             ct_max: args.ct_max,
         })
     }
@@ -142,7 +159,13 @@ mod tests {
 
     #[test]
     fn parses_ranges() {
-        assert_eq!("32768-60999".parse(), Ok(PortRange { min: 32768, max: 60999 }));
+        assert_eq!(
+            "32768-60999".parse(),
+            Ok(PortRange {
+                min: 32768,
+                max: 60999
+            })
+        );
         assert_eq!("5-5".parse(), Ok(PortRange { min: 5, max: 5 }));
         for bad in ["", "1", "0-10", "10-1", "a-b", "1-70000", "1--2"] {
             assert!(bad.parse::<PortRange>().is_err(), "{bad}");

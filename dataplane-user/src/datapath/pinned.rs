@@ -13,13 +13,16 @@ use super::instance::Instance;
 
 fn open(instance: &Instance, name: &str) -> Result<Map> {
     let path = instance.pin(name);
-    let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
     Map::from_map_data(data).map_err(|e| anyhow!("pinned map {}: {e}", path.display()))
 }
 
 pub fn read_config(instance: &Instance) -> Result<NatConfig> {
     let array: Array<MapData, NatConfig> = open(instance, maps::CONFIG)?.try_into()?;
-    array.get(&0, 0).context("reading the datapath configuration")
+    array
+        .get(&0, 0)
+        .context("reading the datapath configuration")
 }
 
 pub fn conntrack(instance: &Instance) -> Result<HashMap<MapData, FlowKey, FlowEntry>> {

@@ -14,7 +14,9 @@ use aya::{
     programs::{
         Link as _, LinkOrder, TcAttachType,
         links::{FdLink, PinnedLink},
-        tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle, qdisc_add_clsact},
+        tc::{
+            NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle, qdisc_add_clsact,
+        },
     },
 };
 use dataplane_common::{
@@ -99,7 +101,9 @@ pub async fn attach(
             Ok(record) => Ok(record),
             Err(tcx_error) => attach_clsact(ebpf, netlink, instance, iface, iface_index)
                 .await
-                .with_context(|| format!("tcx attach failed ({tcx_error:#}), and so did the clsact fallback")),
+                .with_context(|| {
+                    format!("tcx attach failed ({tcx_error:#}), and so did the clsact fallback")
+                }),
         },
     }
 }
@@ -113,24 +117,41 @@ fn attach_tcx(ebpf: &mut Ebpf, instance: &Instance, iface: &str) -> Result<Attac
             return Err(e);
         }
     }
-    Ok(AttachRecord { mode: Some(AttachMode::Tcx), ..Default::default() })
+    Ok(AttachRecord {
+        mode: Some(AttachMode::Tcx),
+        ..Default::default()
+    })
 }
 
 fn attach_tcx_hook(ebpf: &mut Ebpf, hook: &Hook, iface: &str, pin: &Path) -> Result<()> {
     let program = classifier(ebpf, hook.program)?;
     let id = program
-        .attach_with_options(iface, hook.attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))
-        .with_context(|| format!("attaching {} to {iface} ({:?}) with tcx", hook.program, hook.attach_type))?;
-    let link: FdLink = program.take_link(id)?.try_into().context("tcx link is not an fd link")?;
+        .attach_with_options(
+            iface,
+            hook.attach_type,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .with_context(|| {
+            format!(
+                "attaching {} to {iface} ({:?}) with tcx",
+                hook.program, hook.attach_type
+            )
+        })?;
+    let link: FdLink = program
+        .take_link(id)?
+        .try_into()
+        .context("tcx link is not an fd link")?;
     // If pinning fails the link is dropped here, which detaches it.
-    link.pin(pin).with_context(|| format!("pinning {}", pin.display()))?;
+    link.pin(pin)
+        .with_context(|| format!("pinning {}", pin.display()))?;
     Ok(())
 }
 
 /// Unpins a tcx link; closing the last reference detaches it.
 fn unpin_link(pin: &Path) -> Result<()> {
     let link = PinnedLink::from_pin(pin).with_context(|| format!("opening {}", pin.display()))?;
-    link.unpin().with_context(|| format!("unpinning {}", pin.display()))?;
+    link.unpin()
+        .with_context(|| format!("unpinning {}", pin.display()))?;
     Ok(())
 }
 
@@ -146,7 +167,11 @@ async fn attach_clsact(
         Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => false,
         Err(e) => return Err(e).with_context(|| format!("adding a clsact qdisc to {iface}")),
     };
-    let mut record = AttachRecord { mode: Some(AttachMode::Clsact), created_clsact, ..Default::default() };
+    let mut record = AttachRecord {
+        mode: Some(AttachMode::Clsact),
+        created_clsact,
+        ..Default::default()
+    };
     for (done, hook) in UPLINK_HOOKS.iter().enumerate() {
         match attach_clsact_hook(ebpf, hook, iface, &instance.pin(hook.program_pin)) {
             Ok(filter) => record.filters[done] = filter,
@@ -164,11 +189,25 @@ async fn attach_clsact(
     Ok(record)
 }
 
-fn attach_clsact_hook(ebpf: &mut Ebpf, hook: &Hook, iface: &str, program_pin: &Path) -> Result<(u16, u32)> {
+fn attach_clsact_hook(
+    ebpf: &mut Ebpf,
+    hook: &Hook,
+    iface: &str,
+    program_pin: &Path,
+) -> Result<(u16, u32)> {
     let program = classifier(ebpf, hook.program)?;
     let id = program
-        .attach_with_options(iface, hook.attach_type, TcAttachOptions::Netlink(NlOptions::default()))
-        .with_context(|| format!("attaching {} to {iface} ({:?}) with clsact", hook.program, hook.attach_type))?;
+        .attach_with_options(
+            iface,
+            hook.attach_type,
+            TcAttachOptions::Netlink(NlOptions::default()),
+        )
+        .with_context(|| {
+            format!(
+                "attaching {} to {iface} ({:?}) with clsact",
+                hook.program, hook.attach_type
+            )
+        })?;
     let link = program.take_link(id)?;
     let filter = (link.priority()?, u32::from(link.handle()?));
     // Dropping a netlink link removes the filter; it must outlive us.
@@ -181,7 +220,11 @@ fn attach_clsact_hook(ebpf: &mut Ebpf, hook: &Hook, iface: &str, program_pin: &P
     Ok(filter)
 }
 
-fn detach_filter(iface: &str, attach_type: TcAttachType, (priority, handle): (u16, u32)) -> Result<()> {
+fn detach_filter(
+    iface: &str,
+    attach_type: TcAttachType,
+    (priority, handle): (u16, u32),
+) -> Result<()> {
     SchedClassifierLink::attached(iface, attach_type, priority, TcHandle::from(handle), None)
         .with_context(|| format!("finding {iface}"))?
         .detach()
@@ -192,14 +235,25 @@ async fn delete_clsact(netlink: &Netlink, iface_index: u32) -> Result<()> {
     let mut request = netlink.handle.clone().qdisc().del(iface_index as i32);
     let header = &mut request.message_mut().header;
     header.parent = NlTcHandle::CLSACT;
-    header.handle = NlTcHandle { major: 0xffff, minor: 0 };
-    request.execute().await.map_err(|e| anyhow!("removing the clsact qdisc: {e}"))
+    header.handle = NlTcHandle {
+        major: 0xffff,
+        minor: 0,
+    };
+    request
+        .execute()
+        .await
+        .map_err(|e| anyhow!("removing the clsact qdisc: {e}"))
 }
 
 /// Removes whatever `record` says was attached to the instance's uplink.
 /// Keeps going past failures (an interface that is already gone, say) and
 /// returns every error, so one stuck step never leaves the rest behind.
-pub async fn detach(netlink: Option<&Netlink>, instance: &Instance, iface_index: Option<u32>, record: &AttachRecord) -> Vec<anyhow::Error> {
+pub async fn detach(
+    netlink: Option<&Netlink>,
+    instance: &Instance,
+    iface_index: Option<u32>,
+    record: &AttachRecord,
+) -> Vec<anyhow::Error> {
     let iface = instance.uplink.as_str();
     let mut errors = Vec::new();
     for (hook, filter) in UPLINK_HOOKS.iter().zip(record.filters) {

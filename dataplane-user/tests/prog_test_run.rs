@@ -1,0 +1,424 @@
+//! The TC programs run on crafted frames with BPF_PROG_TEST_RUN: the
+//! simplest exact check of header rewriting and checksums, without a
+//! network. Each test loads its own copy with maps pinned in a folder of its
+//! own, removed afterwards. Needs root (CI runs it through `cargo xtask test`).
+
+use std::{
+    net::Ipv4Addr,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray},
+};
+use bpfmasq::datapath::{
+    instance::Instance,
+    loader,
+    options::{PortRange, Resolved, builtin_no_masq},
+};
+use dataplane_common::{counters::Counter, maps};
+use ipnet::Ipv4Net;
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const POD1: Ipv4Addr = Ipv4Addr::new(10, 85, 0, 2);
+const POD2: Ipv4Addr = Ipv4Addr::new(10, 85, 0, 3);
+const NAT: Ipv4Addr = Ipv4Addr::new(192, 168, 61, 11);
+const PEER: Ipv4Addr = Ipv4Addr::new(192, 168, 61, 12);
+
+/// A loaded, configured, unattached copy of the programs.
+struct Programs {
+    ebpf: Ebpf,
+    instance: Instance,
+}
+
+impl Programs {
+    fn load(name: &str, ports: PortRange) -> Self {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "BPF_PROG_TEST_RUN tests need root"
+        );
+        bpfmasq::datapath::bpffs::ensure_mounted().expect("bpffs");
+        let instance = Instance::new(&format!("test-run-{}", std::process::id()), name);
+        let _ = instance.remove_pins();
+        std::fs::create_dir_all(instance.dir()).expect("pin dir");
+        let pod_cidr: Ipv4Net = "10.85.0.0/16".parse().unwrap();
+        let mut no_masq = vec![pod_cidr];
+        no_masq.extend(builtin_no_masq());
+        let resolved = Resolved {
+            bridge: "cni0".into(),
+            bridge_ifindex: 0,
+            uplink: name.into(),
+            uplink_ifindex: 0,
+            pod_cidr,
+            nat_addr: NAT,
+            no_masq,
+            ports,
+            ct_max: 1024,
+        };
+        let mut ebpf = loader::load(&instance, &resolved).expect("load");
+        loader::configure(&mut ebpf, &resolved.nat_config(), &resolved).expect("configure");
+        Self { ebpf, instance }
+    }
+
+    /// Runs `program` on `frame`; returns the verdict and the frame after it.
+    fn run(&mut self, program: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog = loader::classifier(&mut self.ebpf, program).unwrap();
+        let fd = prog.fd().unwrap().as_fd().as_raw_fd();
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut attr = TestRunAttr {
+            prog_fd: fd as u32,
+            data_size_in: frame.len() as u32,
+            data_size_out: out.len() as u32,
+            data_in: frame.as_ptr() as u64,
+            data_out: out.as_mut_ptr() as u64,
+            repeat: 1,
+            ..Default::default()
+        };
+        // SAFETY: attr is a valid bpf_attr prefix for BPF_PROG_TEST_RUN, its
+        // buffers outlive the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_TEST_RUN,
+                &mut attr as *mut TestRunAttr,
+                size_of::<TestRunAttr>(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "BPF_PROG_TEST_RUN failed: {}",
+            std::io::Error::last_os_error()
+        );
+        out.truncate(attr.data_size_out as usize);
+        (attr.retval, out)
+    }
+
+    fn counter(&self, counter: Counter) -> u64 {
+        let map: PerCpuArray<&MapData, u64> =
+            self.ebpf.map(maps::COUNTERS).unwrap().try_into().unwrap();
+        map.get(&(counter as u32), 0).unwrap().iter().sum()
+    }
+}
+
+impl Drop for Programs {
+    fn drop(&mut self) {
+        let _ = self.instance.remove_pins();
+    }
+}
+
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+// ---- frame crafting and checking ----
+
+const ETH_LEN: usize = 14;
+const IP_LEN: usize = 20;
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend(src.octets());
+    p.extend(dst.octets());
+    p.extend([0, proto]);
+    p.extend((len as u16).to_be_bytes());
+    p
+}
+
+/// An Ethernet + IPv4 frame around `l4`, checksums filled in (the UDP one
+/// left at zero when `udp_zero_checksum`).
+fn frame(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    mut l4: Vec<u8>,
+    frag: u16,
+    udp_zero_checksum: bool,
+) -> Vec<u8> {
+    let check_off = match proto {
+        6 => Some(16),
+        17 if !udp_zero_checksum => Some(6),
+        1 => Some(2),
+        _ => None,
+    };
+    if let Some(off) = check_off {
+        l4[off..off + 2].fill(0);
+        let sum = if proto == 1 {
+            checksum(&l4)
+        } else {
+            let mut covered = pseudo_header(src, dst, proto, l4.len());
+            covered.extend(&l4);
+            checksum(&covered)
+        };
+        l4[off..off + 2].copy_from_slice(&sum.to_be_bytes());
+    }
+    let mut ip = vec![0x45, 0, 0, 0, 0x12, 0x34, 0, 0, 64, proto, 0, 0];
+    ip[2..4].copy_from_slice(&((IP_LEN + l4.len()) as u16).to_be_bytes());
+    ip[6..8].copy_from_slice(&frag.to_be_bytes());
+    ip.extend(src.octets());
+    ip.extend(dst.octets());
+    let sum = checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+    f.extend(ip);
+    f.extend(l4);
+    f
+}
+
+fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut l4 = Vec::new();
+    l4.extend(sport.to_be_bytes());
+    l4.extend(dport.to_be_bytes());
+    l4.extend(((8 + payload.len()) as u16).to_be_bytes());
+    l4.extend([0, 0]);
+    l4.extend(payload);
+    l4
+}
+
+fn tcp_syn(sport: u16, dport: u16) -> Vec<u8> {
+    let mut l4 = Vec::new();
+    l4.extend(sport.to_be_bytes());
+    l4.extend(dport.to_be_bytes());
+    l4.extend([0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    l4
+}
+
+fn icmp_echo(kind: u8, id: u16) -> Vec<u8> {
+    let mut l4 = vec![kind, 0, 0, 0];
+    l4.extend(id.to_be_bytes());
+    l4.extend([0, 1, b'p', b'i', b'n', b'g']);
+    l4
+}
+
+struct Parsed {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    icmp_id: u16,
+}
+
+/// Parses `f` and asserts every checksum in it is valid.
+fn parse_and_verify(f: &[u8]) -> Parsed {
+    let ip = &f[ETH_LEN..ETH_LEN + IP_LEN];
+    assert_eq!(checksum(ip), 0, "IPv4 header checksum invalid");
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let l4 = &f[ETH_LEN + IP_LEN..];
+    match ip[9] {
+        1 => assert_eq!(checksum(l4), 0, "ICMP checksum invalid"),
+        17 if l4[6..8] == [0, 0] => {}
+        proto => {
+            let mut covered = pseudo_header(src, dst, proto, l4.len());
+            covered.extend(l4);
+            assert_eq!(checksum(&covered), 0, "L4 checksum invalid (proto {proto})");
+        }
+    }
+    Parsed {
+        src,
+        dst,
+        sport: u16::from_be_bytes([l4[0], l4[1]]),
+        dport: u16::from_be_bytes([l4[2], l4[3]]),
+        icmp_id: u16::from_be_bytes([l4[4], l4[5]]),
+    }
+}
+
+const FULL_RANGE: PortRange = PortRange {
+    min: 1024,
+    max: 65535,
+};
+
+#[test]
+fn udp_is_masqueraded_and_reversed_with_valid_checksums() {
+    let mut p = Programs::load("udp", FULL_RANGE);
+    let (verdict, out) = p.run(
+        maps::PROG_UPLINK_EGRESS,
+        &frame(POD1, PEER, 17, udp(40000, 53, b"query"), 0, false),
+    );
+    assert_eq!(verdict, TC_ACT_OK);
+    let out = parse_and_verify(&out);
+    assert_eq!(
+        (out.src, out.sport, out.dst, out.dport),
+        (NAT, 40000, PEER, 53),
+        "source port kept when free"
+    );
+
+    let (verdict, back) = p.run(
+        maps::PROG_UPLINK_INGRESS,
+        &frame(PEER, NAT, 17, udp(53, 40000, b"answer"), 0, false),
+    );
+    assert_eq!(verdict, TC_ACT_OK);
+    let back = parse_and_verify(&back);
+    assert_eq!((back.src, back.dst, back.dport), (PEER, POD1, 40000));
+    assert_eq!(p.counter(Counter::TranslatedOut), 1);
+    assert_eq!(p.counter(Counter::TranslatedIn), 1);
+}
+
+#[test]
+fn udp_zero_checksum_stays_zero() {
+    let mut p = Programs::load("udp0", FULL_RANGE);
+    let (verdict, out) = p.run(
+        maps::PROG_UPLINK_EGRESS,
+        &frame(POD1, PEER, 17, udp(40001, 9, b"x"), 0, true),
+    );
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(
+        out[ETH_LEN + IP_LEN + 6..ETH_LEN + IP_LEN + 8],
+        [0, 0],
+        "a zero UDP checksum means none"
+    );
+    assert_eq!(parse_and_verify(&out).src, NAT);
+}
+
+#[test]
+fn second_pod_with_same_port_gets_another_port() {
+    let mut p = Programs::load("tcp", FULL_RANGE);
+    let (_, first) = p.run(
+        maps::PROG_UPLINK_EGRESS,
+        &frame(POD1, PEER, 6, tcp_syn(45000, 80), 0, false),
+    );
+    let (verdict, second) = p.run(
+        maps::PROG_UPLINK_EGRESS,
+        &frame(POD2, PEER, 6, tcp_syn(45000, 80), 0, false),
+    );
+    assert_eq!(verdict, TC_ACT_OK);
+    let (first, second) = (parse_and_verify(&first), parse_and_verify(&second));
+    assert_eq!((first.src, first.sport), (NAT, 45000));
+    assert_eq!(second.src, NAT);
+    assert_ne!(
+        second.sport, 45000,
+        "the NAT tuple was taken: a new port is needed"
+    );
+
+    let (_, back) = p.run(
+        maps::PROG_UPLINK_INGRESS,
+        &frame(PEER, NAT, 6, tcp_syn(80, second.sport), 0, false),
+    );
+    let back = parse_and_verify(&back);
+    assert_eq!(
+        (back.dst, back.dport),
+        (POD2, 45000),
+        "reply reaches the second pod"
+    );
+}
+
+#[test]
+fn icmp_echo_identifier_is_translated_both_ways() {
+    let mut p = Programs::load(
+        "icmp",
+        PortRange {
+            min: 2000,
+            max: 2000,
+        },
+    );
+    let (_, out) = p.run(
+        maps::PROG_UPLINK_EGRESS,
+        &frame(POD1, PEER, 1, icmp_echo(8, 77), 0, false),
+    );
+    let out = parse_and_verify(&out);
+    assert_eq!((out.src, out.icmp_id), (NAT, 2000));
+    let (_, back) = p.run(
+        maps::PROG_UPLINK_INGRESS,
+        &frame(PEER, NAT, 1, icmp_echo(0, 2000), 0, false),
+    );
+    let back = parse_and_verify(&back);
+    assert_eq!((back.dst, back.icmp_id), (POD1, 77));
+}
+
+#[test]
+fn exhausted_range_drops_instead_of_leaking() {
+    let mut p = Programs::load(
+        "exhaust",
+        PortRange {
+            min: 3000,
+            max: 3000,
+        },
+    );
+    let (verdict, _) = p.run(
+        maps::PROG_UPLINK_EGRESS,
+        &frame(POD1, PEER, 17, udp(5000, 53, b"a"), 0, false),
+    );
+    assert_eq!(verdict, TC_ACT_OK);
+    let (verdict, _) = p.run(
+        maps::PROG_UPLINK_EGRESS,
+        &frame(POD2, PEER, 17, udp(5000, 53, b"b"), 0, false),
+    );
+    assert_eq!(
+        verdict, TC_ACT_SHOT,
+        "no port left: the packet must be dropped, not sent with its pod source"
+    );
+    assert_eq!(p.counter(Counter::DropNoPort), 1);
+}
+
+#[test]
+fn untranslatable_pod_packets_are_dropped_and_counted() {
+    let mut p = Programs::load("drops", FULL_RANGE);
+    let gre = frame(POD1, PEER, 47, vec![0; 8], 0, false);
+    assert_eq!(p.run(maps::PROG_UPLINK_EGRESS, &gre).0, TC_ACT_SHOT);
+    let fragment = frame(POD1, PEER, 17, udp(1, 2, b"frag"), 0x2000, false);
+    assert_eq!(p.run(maps::PROG_UPLINK_EGRESS, &fragment).0, TC_ACT_SHOT);
+    assert_eq!(p.counter(Counter::DropUnsupported), 1);
+    assert_eq!(p.counter(Counter::DropFragment), 1);
+}
+
+#[test]
+fn host_and_excluded_traffic_pass_untouched() {
+    let mut p = Programs::load("pass", FULL_RANGE);
+    let host = frame(NAT, PEER, 17, udp(1234, 53, b"host"), 0, false);
+    assert_eq!(
+        p.run(maps::PROG_UPLINK_EGRESS, &host),
+        (TC_ACT_OK, host.clone())
+    );
+    let multicast = frame(
+        POD1,
+        Ipv4Addr::new(239, 1, 1, 1),
+        17,
+        udp(1234, 5353, b"m"),
+        0,
+        false,
+    );
+    assert_eq!(
+        p.run(maps::PROG_UPLINK_EGRESS, &multicast),
+        (TC_ACT_OK, multicast.clone())
+    );
+    let stray = frame(PEER, NAT, 17, udp(53, 9999, b"nobody asked"), 0, false);
+    assert_eq!(
+        p.run(maps::PROG_UPLINK_INGRESS, &stray),
+        (TC_ACT_OK, stray.clone())
+    );
+    assert_eq!(p.counter(Counter::PassedNotPod), 1);
+    assert_eq!(p.counter(Counter::PassedExcluded), 1);
+    assert_eq!(p.counter(Counter::PassedNoFlow), 1);
+}
