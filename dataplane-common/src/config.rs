@@ -1,5 +1,7 @@
 //! The datapath's configuration, written by the loader into the `CONFIG` map.
 
+use crate::conntrack::Timeouts;
+
 /// How the programs are attached; recorded so `detach` can undo exactly it.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +50,10 @@ pub struct NatConfig {
     pub tc_ingress_priority: u16,
     pub tc_egress_handle: u32,
     pub tc_ingress_handle: u32,
+    /// Flow expiry, applied by the garbage collector of `bpfmasq run`.
+    pub timeouts: Timeouts,
+    /// Maximum number of flows (`--ct-max`); the map holds two entries each.
+    pub ct_max: u32,
 }
 
 impl NatConfig {

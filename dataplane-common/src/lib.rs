@@ -9,6 +9,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod config;
+pub mod conntrack;
 pub mod counters;
 pub mod flow;
 pub mod maps;
@@ -20,6 +21,7 @@ mod pod {
     // kernel could read uninitialised (explicit `_pad` fields), and is valid
     // for any bit pattern.
     unsafe impl aya::Pod for crate::config::NatConfig {}
+    unsafe impl aya::Pod for crate::conntrack::Timeouts {}
     unsafe impl aya::Pod for crate::flow::FlowKey {}
     unsafe impl aya::Pod for crate::flow::FlowEntry {}
 }

@@ -4,6 +4,7 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
 use dataplane_common::{
     config::NatConfig,
+    conntrack::{SEEN_ACK, SEEN_FIN, SEEN_RST, SEEN_SYN},
     counters::Counter,
     flow::{Direction, FlowEntry, FlowKey},
     ports::{MAX_PORT_ATTEMPTS, candidate_port},
@@ -31,16 +32,41 @@ impl FlowError {
 }
 
 /// The original-direction entry of the flow `key` (a pod's outgoing packet),
-/// created on first sight.
+/// created on first sight. A flow still bound to a previous NAT address (the
+/// uplink's address changed) is replaced, as MASQUERADE forgets such flows.
 #[inline(always)]
 pub fn original_entry(
     key: &FlowKey,
     cfg: &NatConfig,
     now_ns: u64,
 ) -> Result<*mut FlowEntry, FlowError> {
-    match CONNTRACK.get_ptr_mut(key) {
-        Some(entry) => Ok(entry),
-        None => create_flow(key, cfg, now_ns),
+    if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
+        // SAFETY: map value pointer, valid for this run.
+        let (addr, port) = unsafe { ((*entry).rewrite_addr, (*entry).rewrite_port) };
+        if addr == cfg.nat_addr {
+            return Ok(entry);
+        }
+        // Reply half first: once it is gone no reply reaches the stale mapping.
+        let _ = CONNTRACK.remove(&key.reply_after_snat(addr, port));
+        let _ = CONNTRACK.remove(key);
+    }
+    create_flow(key, cfg, now_ns)
+}
+
+/// A new SYN on a tuple whose last connection closed (FIN/RST seen) starts a
+/// new connection: forget the old one's flags in both directions.
+#[inline(always)]
+pub fn restart_if_reused(key: &FlowKey, entry: *mut FlowEntry, seen: u8) {
+    // SAFETY: map value pointers, valid for this run.
+    unsafe {
+        if seen & (SEEN_SYN | SEEN_ACK) != SEEN_SYN || (*entry).state & (SEEN_FIN | SEEN_RST) == 0 {
+            return;
+        }
+        (*entry).state = 0;
+        let reply_key = key.reply_after_snat((*entry).rewrite_addr, (*entry).rewrite_port);
+        if let Some(reply) = CONNTRACK.get_ptr_mut(&reply_key) {
+            (*reply).state = 0;
+        }
     }
 }
 
@@ -88,15 +114,19 @@ fn create_flow(key: &FlowKey, cfg: &NatConfig, now_ns: u64) -> Result<*mut FlowE
     Err(FlowError::NoPort)
 }
 
-/// Accounts one packet of `bytes` to `entry`.
+/// Accounts one packet of `bytes` to `entry`; `seen` are the
+/// [`dataplane_common::conntrack`] bits of its TCP flags.
 #[inline(always)]
-pub fn touch(entry: *mut FlowEntry, now_ns: u64, bytes: u32) {
+pub fn touch(entry: *mut FlowEntry, now_ns: u64, bytes: u32, seen: u8) {
     // SAFETY: `entry` points into a map value, valid for this program run.
     // The bpf target has no atomic read-modify-write in Rust's core, so two
     // CPUs handling the same direction of one flow at once may lose a count:
     // the figures are statistics, never used for a decision.
     unsafe {
         (*entry).last_seen_ns = now_ns;
+        if (*entry).state | seen != (*entry).state {
+            (*entry).state |= seen;
+        }
         (*entry).packets += 1;
         (*entry).bytes += bytes as u64;
     }

@@ -11,7 +11,12 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::TcContext,
 };
-use dataplane_common::{config::NatConfig, counters::Counter, flow::FlowKey, flow::IPPROTO_ICMP};
+use dataplane_common::{
+    config::NatConfig,
+    conntrack::seen_bits,
+    counters::Counter,
+    flow::{FlowKey, IPPROTO_ICMP},
+};
 
 use crate::{
     conntrack,
@@ -81,6 +86,8 @@ pub fn snat(ctx: &TcContext) -> Result<i32, ()> {
         Ok(entry) => entry,
         Err(e) => return drop(e.counter()),
     };
+    let seen = seen_bits(l4.tcp_flags);
+    conntrack::restart_if_reused(&key, entry, seen);
     // SAFETY: map value pointer, valid for this run.
     let (nat_addr, nat_port) = unsafe { ((*entry).rewrite_addr, (*entry).rewrite_port) };
     if rewrite(
@@ -94,7 +101,7 @@ pub fn snat(ctx: &TcContext) -> Result<i32, ()> {
     {
         return drop(Counter::DropRewrite);
     }
-    conntrack::touch(entry, now, ctx.len());
+    conntrack::touch(entry, now, ctx.len(), seen);
     pass(Counter::TranslatedOut)
 }
 
@@ -135,6 +142,6 @@ pub fn unsnat(ctx: &TcContext) -> Result<i32, ()> {
         return drop(Counter::DropRewrite);
     }
     // SAFETY: plain helper call.
-    conntrack::touch(entry, unsafe { bpf_ktime_get_ns() }, ctx.len());
+    conntrack::touch(entry, unsafe { bpf_ktime_get_ns() }, ctx.len(), seen_bits(l4.tcp_flags));
     pass(Counter::TranslatedIn)
 }

@@ -41,12 +41,16 @@ pub struct Transport {
     pub dst_port: u16,
     /// ICMP type (0 for TCP/UDP).
     pub icmp_type: u8,
+    /// TCP flags (0 for UDP/ICMP).
+    pub tcp_flags: u8,
 }
 
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET_MASK: u16 = 0x1fff;
-/// Longest transport header prefix NAT reads: ports/ICMP id within 8 bytes.
+/// ICMP header prefix NAT reads: type, code, checksum, identifier, sequence.
 const L4_PREFIX: usize = 8;
+/// Offset of the flags byte in a TCP header.
+const TCP_FLAGS_OFF: usize = 13;
 
 /// Returns a pointer to a `T` at `offset`, pulling non-linear data into the
 /// linear area once if needed (GRO'd skbs may carry headers in frags).
@@ -102,12 +106,22 @@ pub fn parse_ipv4(ctx: &TcContext) -> Result<Ipv4, ParseError> {
 #[inline(always)]
 pub fn parse_transport(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Transport>, ParseError> {
     match ip.proto {
-        IPPROTO_TCP | IPPROTO_UDP => {
+        IPPROTO_TCP => {
+            let head: [u8; TCP_FLAGS_OFF + 1] = load(ctx, ip.l4_off)?;
+            Ok(Some(Transport {
+                src_port: u16::from_ne_bytes([head[0], head[1]]),
+                dst_port: u16::from_ne_bytes([head[2], head[3]]),
+                icmp_type: 0,
+                tcp_flags: head[TCP_FLAGS_OFF],
+            }))
+        }
+        IPPROTO_UDP => {
             let ports: [u16; 2] = load(ctx, ip.l4_off)?;
             Ok(Some(Transport {
                 src_port: ports[0],
                 dst_port: ports[1],
                 icmp_type: 0,
+                tcp_flags: 0,
             }))
         }
         IPPROTO_ICMP => {
@@ -122,6 +136,7 @@ pub fn parse_transport(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Transport>, 
                 src_port,
                 dst_port,
                 icmp_type: icmp[0],
+                tcp_flags: 0,
             }))
         }
         _ => Ok(None),

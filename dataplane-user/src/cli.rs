@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::Ipv4Net;
 
-use crate::datapath::options::PortRange;
+use crate::datapath::options::{PortRange, TimeoutOverride};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -131,6 +131,11 @@ pub struct AttachArgs {
     /// Maximum number of tracked flows (like nf_conntrack_max).
     #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
     pub ct_max: u32,
+    /// Idle timeout override, NAME=SECONDS (repeatable); names: tcp-syn-sent, tcp-syn-recv,
+    /// tcp-established, tcp-fin-wait, tcp-close-wait, tcp-time-wait, tcp-close, udp-unreplied,
+    /// udp-replied, icmp. Defaults are nf_conntrack's (e.g. tcp-established=432000, udp-unreplied=30).
+    #[arg(long = "timeout", value_name = "NAME=SECONDS")]
+    pub timeouts: Vec<TimeoutOverride>,
     /// How to attach the TC programs.
     #[arg(long, value_enum, default_value_t)]
     pub link_type: LinkType,

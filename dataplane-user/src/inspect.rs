@@ -5,14 +5,16 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, Result};
 use dataplane_common::{
+    conntrack::Timeouts,
     counters::Counter,
-    flow::{Direction, FlowEntry, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    flow::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 use serde::Serialize;
 
 use crate::{
     cli::InstanceArgs,
     datapath::{
+        flows::{FlowView, monotonic_ns, snapshot},
         instance::{Instance, netns_label},
         pinned,
     },
@@ -31,7 +33,7 @@ pub struct Traffic {
     pub bytes: u64,
 }
 
-/// One flow, both directions joined.
+/// One flow, both directions joined, as `conntrack list` shows it.
 #[derive(Debug, Serialize)]
 pub struct Flow {
     pub proto: &'static str,
@@ -40,10 +42,12 @@ pub struct Flow {
     pub dst: Endpoint,
     /// What the source became on the wire.
     pub translated: Endpoint,
+    pub state: &'static str,
     pub original_dir: Traffic,
     pub reply_dir: Traffic,
     pub age_seconds: u64,
     pub idle_seconds: u64,
+    pub expires_in_seconds: u64,
 }
 
 fn proto_name(proto: u8) -> &'static str {
@@ -59,63 +63,31 @@ fn addr(raw: u32) -> Ipv4Addr {
     Ipv4Addr::from(raw.to_ne_bytes())
 }
 
-/// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns() reads.
-fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |now| {
-        now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
-    })
-}
+const NS_PER_SEC: u64 = 1_000_000_000;
 
-fn seconds_since(now_ns: u64, then_ns: u64) -> u64 {
-    now_ns.saturating_sub(then_ns) / 1_000_000_000
+fn flow(view: &FlowView, timeouts: &Timeouts, now: u64) -> Flow {
+    let (key, out) = (&view.key, &view.original);
+    let back = view.reply.unwrap_or_default();
+    Flow {
+        proto: proto_name(key.proto),
+        src: Endpoint { addr: addr(key.src_addr), port: u16::from_be(key.src_port) },
+        dst: Endpoint { addr: addr(key.dst_addr), port: u16::from_be(key.dst_port) },
+        translated: Endpoint { addr: addr(out.rewrite_addr), port: u16::from_be(out.rewrite_port) },
+        state: view.state().name(),
+        original_dir: Traffic { packets: out.packets, bytes: out.bytes },
+        reply_dir: Traffic { packets: back.packets, bytes: back.bytes },
+        age_seconds: now.saturating_sub(out.created_ns) / NS_PER_SEC,
+        idle_seconds: now.saturating_sub(view.last_seen_ns()) / NS_PER_SEC,
+        expires_in_seconds: view.remaining_ns(timeouts, now) / NS_PER_SEC,
+    }
 }
 
 /// Every flow of the instance, sorted by protocol and original tuple.
 pub fn flows(instance: &Instance) -> Result<Vec<Flow>> {
-    let table = pinned::conntrack(instance)?;
-    let entries: Vec<(FlowKey, FlowEntry)> = table
-        .iter()
-        .collect::<Result<_, _>>()
-        .context("reading the conntrack map")?;
+    let config = pinned::read_config(instance)?;
+    let snapshot = snapshot(&pinned::conntrack(instance)?)?;
     let now = monotonic_ns();
-    let mut flows: Vec<Flow> = entries
-        .iter()
-        .filter(|(_, entry)| entry.direction == Direction::Original as u8)
-        .map(|(key, out)| {
-            let reply_key = key.reply_after_snat(out.rewrite_addr, out.rewrite_port);
-            let back = table.get(&reply_key, 0).ok();
-            Flow {
-                proto: proto_name(key.proto),
-                src: Endpoint {
-                    addr: addr(key.src_addr),
-                    port: u16::from_be(key.src_port),
-                },
-                dst: Endpoint {
-                    addr: addr(key.dst_addr),
-                    port: u16::from_be(key.dst_port),
-                },
-                translated: Endpoint {
-                    addr: addr(out.rewrite_addr),
-                    port: u16::from_be(out.rewrite_port),
-                },
-                original_dir: Traffic {
-                    packets: out.packets,
-                    bytes: out.bytes,
-                },
-                reply_dir: back
-                    .map(|b| Traffic {
-                        packets: b.packets,
-                        bytes: b.bytes,
-                    })
-                    .unwrap_or_default(),
-                age_seconds: seconds_since(now, out.created_ns),
-                idle_seconds: seconds_since(
-                    now,
-                    back.map_or(out.last_seen_ns, |b| b.last_seen_ns.max(out.last_seen_ns)),
-                ),
-            }
-        })
-        .collect();
+    let mut flows: Vec<Flow> = snapshot.flows.iter().map(|v| flow(v, &config.timeouts, now)).collect();
     flows.sort_by_key(|f| (f.proto, f.src.addr, f.src.port, f.dst.addr, f.dst.port));
     Ok(flows)
 }
@@ -128,26 +100,17 @@ pub fn conntrack_list(netns: Option<&str>, args: &InstanceArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<5} {:<44} {:<22} {:>16} {:>16} {:>6}",
-        "PROTO",
-        "ORIGINAL (POD -> PEER)",
-        "TRANSLATED SOURCE",
-        "OUT PKTS/BYTES",
-        "IN PKTS/BYTES",
-        "IDLE"
+        "{:<5} {:<44} {:<22} {:<11} {:>18} {:>18} {:>8}",
+        "PROTO", "ORIGINAL (POD -> PEER)", "TRANSLATED SOURCE", "STATE", "OUT PKTS/BYTES", "IN PKTS/BYTES", "EXPIRES"
     );
     for f in &flows {
+        let original = format!("{}:{} -> {}:{}", f.src.addr, f.src.port, f.dst.addr, f.dst.port);
+        let translated = format!("{}:{}", f.translated.addr, f.translated.port);
+        let out = format!("{}/{}", f.original_dir.packets, f.original_dir.bytes);
+        let back = format!("{}/{}", f.reply_dir.packets, f.reply_dir.bytes);
         println!(
-            "{:<5} {:<44} {:<22} {:>16} {:>16} {:>5}s",
-            f.proto,
-            format!(
-                "{}:{} -> {}:{}",
-                f.src.addr, f.src.port, f.dst.addr, f.dst.port
-            ),
-            format!("{}:{}", f.translated.addr, f.translated.port),
-            format!("{}/{}", f.original_dir.packets, f.original_dir.bytes),
-            format!("{}/{}", f.reply_dir.packets, f.reply_dir.bytes),
-            f.idle_seconds
+            "{:<5} {original:<44} {translated:<22} {:<11} {out:>18} {back:>18} {:>7}s",
+            f.proto, f.state, f.expires_in_seconds
         );
     }
     println!("{} flow(s)", flows.len());

@@ -56,6 +56,7 @@ impl Programs {
             no_masq,
             ports,
             ct_max: 1024,
+            timeouts: Default::default(),
         };
         let mut ebpf = loader::load(&instance, &resolved).expect("load");
         loader::configure(&mut ebpf, &resolved.nat_config(), &resolved).expect("configure");

@@ -2,6 +2,8 @@
 //! maps, attaches to the uplink and pins everything; `detach` undoes it.
 
 pub mod bpffs;
+pub mod flows;
+pub mod gc;
 pub mod instance;
 pub mod loader;
 pub mod options;

@@ -4,6 +4,7 @@ use std::{fmt, net::Ipv4Addr, str::FromStr};
 use anyhow::{Result, anyhow, bail};
 use dataplane_common::{
     config::NatConfig,
+    conntrack::Timeouts,
     maps::NO_MASQ_ENTRIES,
     ports::{DEFAULT_PORT_MAX, DEFAULT_PORT_MIN},
 };
@@ -46,6 +47,42 @@ impl fmt::Display for PortRange {
     }
 }
 
+/// `--timeout NAME=SECONDS`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimeoutOverride {
+    pub name: String,
+    pub seconds: u32,
+}
+
+impl FromStr for TimeoutOverride {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, seconds) =
+            s.split_once('=').ok_or_else(|| format!("`{s}` is not NAME=SECONDS, e.g. udp-unreplied=30"))?;
+        let seconds: u32 = seconds
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&v| v > 0)
+            .ok_or_else(|| format!("`{seconds}` is not a number of seconds (1 or more)"))?;
+        if !Timeouts::default().set(name, seconds) {
+            let names: Vec<&str> = Timeouts::default().named().iter().map(|(n, _)| *n).collect();
+            return Err(format!("unknown timeout `{name}`; one of: {}", names.join(", ")));
+        }
+        Ok(Self { name: name.to_owned(), seconds })
+    }
+}
+
+/// nf_conntrack's defaults with the overrides applied.
+pub fn timeouts(overrides: &[TimeoutOverride]) -> Timeouts {
+    let mut timeouts = Timeouts::default();
+    for o in overrides {
+        timeouts.set(&o.name, o.seconds);
+    }
+    timeouts
+}
+
 /// Everything `attach` needs, resolved against the interfaces.
 #[derive(Clone, Debug)]
 pub struct Resolved {
@@ -59,6 +96,7 @@ pub struct Resolved {
     pub no_masq: Vec<Ipv4Net>,
     pub ports: PortRange,
     pub ct_max: u32,
+    pub timeouts: Timeouts,
 }
 
 /// Multicast and limited broadcast: never masqueraded (the CNI chain's
@@ -135,6 +173,7 @@ impl Resolved {
                 max: DEFAULT_PORT_MAX,
             }),
             ct_max: args.ct_max,
+            timeouts: timeouts(&args.timeouts),
         })
     }
 
@@ -148,6 +187,8 @@ impl Resolved {
             port_max: self.ports.max,
             uplink_ifindex: self.uplink_ifindex,
             bridge_ifindex: self.bridge_ifindex,
+            timeouts: self.timeouts,
+            ct_max: self.ct_max,
             ..Default::default()
         }
     }
@@ -156,6 +197,15 @@ impl Resolved {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_timeouts() {
+        let o: TimeoutOverride = "udp-unreplied=5".parse().unwrap();
+        assert_eq!(timeouts(&[o]).udp_unreplied, 5);
+        for bad in ["udp=5", "udp-unreplied", "udp-unreplied=0", "icmp=x"] {
+            assert!(bad.parse::<TimeoutOverride>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn parses_ranges() {

@@ -1,0 +1,70 @@
+//! Garbage collection of the conntrack table: expired flows go, both
+//! directions together, as nf_conntrack's timeouts say; flows bound to a
+//! NAT address the uplink no longer has go too (MASQUERADE's flush).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use dataplane_common::config::NatConfig;
+use serde::Serialize;
+
+use super::flows::{ConntrackMap, FlowView, monotonic_ns, snapshot};
+
+/// Orphan reply entries younger than this may belong to a flow being
+/// created right now (reply half inserted first): leave them alone.
+const ORPHAN_GRACE_NS: u64 = 10_000_000_000;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SweepReport {
+    /// Map entries looked at.
+    pub entries: usize,
+    pub flows: usize,
+    pub expired: usize,
+    /// Flows whose NAT address is no longer the uplink's.
+    pub rebound: usize,
+    pub orphans: usize,
+    #[serde(serialize_with = "as_secs_f64")]
+    pub duration: Duration,
+}
+
+fn as_secs_f64<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// One pass over the table.
+pub fn sweep(table: &mut ConntrackMap, config: &NatConfig) -> Result<SweepReport> {
+    let started = Instant::now();
+    let snapshot = snapshot(table)?;
+    let now = monotonic_ns();
+    let mut report = SweepReport { entries: snapshot.entries, flows: snapshot.flows.len(), ..Default::default() };
+    for flow in &snapshot.flows {
+        if flow.original.rewrite_addr != config.nat_addr {
+            remove_flow(table, flow);
+            report.rebound += 1;
+        } else if flow.remaining_ns(&config.timeouts, now) == 0 && still_idle(table, flow) {
+            remove_flow(table, flow);
+            report.expired += 1;
+        }
+    }
+    for (key, entry) in &snapshot.orphan_replies {
+        if now.saturating_sub(entry.created_ns) > ORPHAN_GRACE_NS {
+            let _ = table.remove(key);
+            report.orphans += 1;
+        }
+    }
+    report.duration = started.elapsed();
+    Ok(report)
+}
+
+/// Re-reads the original entry just before removal: a packet that arrived
+/// since the snapshot keeps its flow.
+fn still_idle(table: &ConntrackMap, flow: &FlowView) -> bool {
+    table.get(&flow.key, 0).is_ok_and(|now| now.last_seen_ns == flow.original.last_seen_ns)
+}
+
+/// Removes both halves; the original first, so the datapath stops using the
+/// mapping before its port is released. A half already gone is fine.
+fn remove_flow(table: &mut ConntrackMap, flow: &FlowView) {
+    let _ = table.remove(&flow.key);
+    let _ = table.remove(&flow.reply_key);
+}
