@@ -46,6 +46,14 @@ pub enum Command {
     Conntrack(ConntrackCommand),
     /// Show the datapath counters, summed over CPUs.
     Stats(StatsArgs),
+    /// Show what is attached where, the configuration and how full the table is.
+    Status(InstanceArgs),
+    /// The foreground daemon: attach (or adopt the pinned datapath), expire flows, follow the uplink's address.
+    Run(RunArgs),
+    /// Run one garbage-collection sweep of the conntrack table now and report it.
+    Gc(InstanceArgs),
+    /// Benchmark bpfmasq against iptables and nftables masquerade on the lab, side by side.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,10 +156,47 @@ pub struct DetachArgs {
     pub uplink: Option<String>,
 }
 
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub attach: AttachArgs,
+    /// Detach the datapath when the daemon stops (default: leave it working, pinned).
+    #[arg(long)]
+    pub detach_on_exit: bool,
+    /// Seconds between garbage-collection sweeps.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub gc_interval: u64,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ConntrackCommand {
-    /// List tracked flows: original tuple, translated tuple, packets and bytes each way.
+    /// List tracked flows: original and translated tuple, state, expiry, packets and bytes each way.
     List(ConntrackListArgs),
+    /// Count tracked flows (matching the filters).
+    Count(ConntrackListArgs),
+    /// Remove tracked flows matching the filters (all without filters), both directions together.
+    Flush(ConntrackListArgs),
+}
+
+/// Which flows a conntrack verb applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProtoFilter {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+#[derive(Debug, Args)]
+pub struct FlowFilterArgs {
+    /// Only flows of this protocol.
+    #[arg(long)]
+    pub proto: Option<ProtoFilter>,
+    /// Only flows whose pod (original source) address is in CIDR.
+    #[arg(long, value_name = "CIDR")]
+    pub src: Option<Ipv4Net>,
+    /// Only flows whose peer (original destination) address is in CIDR.
+    #[arg(long, value_name = "CIDR")]
+    pub dst: Option<Ipv4Net>,
 }
 
 #[derive(Debug, Args)]
@@ -168,10 +213,15 @@ pub struct InstanceArgs {
 pub struct ConntrackListArgs {
     #[command(flatten)]
     pub instance: InstanceArgs,
+    #[command(flatten)]
+    pub filter: FlowFilterArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct StatsArgs {
     #[command(flatten)]
     pub instance: InstanceArgs,
+    /// Refresh in place every second, with rates per second, until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
 }

@@ -2,7 +2,9 @@
 //! (`main.rs`) only parses arguments and dispatches here; the end-to-end
 //! tests reuse [`netns`] to run sockets inside lab namespaces.
 
+pub mod bench;
 pub mod cli;
+pub mod daemon;
 pub mod datapath;
 pub mod inspect;
 pub mod lab;

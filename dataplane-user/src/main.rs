@@ -3,12 +3,15 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result};
 use bpfmasq::{
     cli::{Cli, Command, ConntrackCommand, LabCommand},
-    datapath, inspect, lab,
+    bench, daemon, datapath, inspect, lab,
     netns::NetNs,
 };
 use clap::Parser as _;
 
 fn main() -> ExitCode {
+    // Like any Unix filter: `bpfmasq conntrack list | head` ends quietly.
+    // SAFETY: setting a signal disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -43,10 +46,16 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Lab(LabCommand::Status(args)) => lab::status(&args.lab.name, args.json).await,
         Command::Lab(LabCommand::Exec(_)) => unreachable!("handled before the runtime starts"),
         Command::Attach(args) => datapath::attach(cli.netns.as_deref(), &args).await,
-        Command::Detach(args) => datapath::detach(cli.netns.as_deref(), args.uplink.as_deref()).await,
-        Command::Conntrack(ConntrackCommand::List(args)) => {
-            inspect::conntrack_list(cli.netns.as_deref(), &args.instance)
+        Command::Detach(args) => {
+            datapath::detach(cli.netns.as_deref(), args.uplink.as_deref()).await
         }
-        Command::Stats(args) => inspect::stats(cli.netns.as_deref(), &args.instance),
+        Command::Conntrack(ConntrackCommand::List(args)) => inspect::conntrack_list(cli.netns.as_deref(), &args),
+        Command::Conntrack(ConntrackCommand::Count(args)) => inspect::conntrack_count(cli.netns.as_deref(), &args),
+        Command::Conntrack(ConntrackCommand::Flush(args)) => inspect::conntrack_flush(cli.netns.as_deref(), &args),
+        Command::Stats(args) => inspect::stats(cli.netns.as_deref(), &args).await,
+        Command::Status(args) => inspect::status(cli.netns.as_deref(), &args),
+        Command::Gc(args) => daemon::gc_once(cli.netns.as_deref(), &args),
+        Command::Run(args) => daemon::run(cli.netns.as_deref(), &args).await,
+        Command::Bench(args) => bench::run(&args).await,
     }
 }

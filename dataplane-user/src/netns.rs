@@ -44,9 +44,15 @@ impl NetNs {
         let path = Self::path_of(name);
         let file = File::open(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => anyhow!("network namespace `{name}` does not exist"),
-            _ => anyhow!("cannot open network namespace `{name}` ({}): {e}", path.display()),
+            _ => anyhow!(
+                "cannot open network namespace `{name}` ({}): {e}",
+                path.display()
+            ),
         })?;
-        Ok(Self { name: name.to_owned(), file })
+        Ok(Self {
+            name: name.to_owned(),
+            file,
+        })
     }
 
     /// Creates a new, empty named namespace. Fails if the name is taken.
@@ -59,13 +65,21 @@ impl NetNs {
             .write(true)
             .create_new(true)
             .open(&path)
-            .with_context(|| format!("network namespace `{name}` already exists or cannot be created"))?;
+            .with_context(|| {
+                format!("network namespace `{name}` already exists or cannot be created")
+            })?;
         let target = path.clone();
         let bound = std::thread::spawn(move || -> Result<()> {
             unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
             let own = format!("/proc/self/task/{}/ns/net", nix::unistd::gettid());
-            mount(Some(own.as_str()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                .with_context(|| format!("bind-mounting {own} on {}", target.display()))
+            mount(
+                Some(own.as_str()),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .with_context(|| format!("bind-mounting {own} on {}", target.display()))
         })
         .join()
         .map_err(|_| anyhow!("namespace creation thread panicked"))?;
@@ -99,8 +113,9 @@ impl NetNs {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e).context(NETNS_DIR),
         };
-        let mut names: Vec<String> =
-            entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
         names.sort();
         Ok(names)
     }
@@ -146,7 +161,9 @@ pub fn validate_name(name: &str) -> Result<()> {
     if name.is_empty()
         || name.len() > 64
         || name.starts_with('.')
-        || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     {
         bail!("invalid namespace name `{name}`: use 1-64 characters of [A-Za-z0-9._-]");
     }

@@ -1,23 +1,23 @@
-//! Operators' view of a datapath: the conntrack (NAT) table and counters,
-//! read from the pinned maps, so it works from any process.
+//! `bpfmasq conntrack list|count|flush`: the NAT table as flows, like
+//! `conntrack -L`, read from the pinned maps so it works from any process.
 
 use std::net::Ipv4Addr;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use dataplane_common::{
     conntrack::Timeouts,
-    counters::Counter,
     flow::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 use serde::Serialize;
 
 use crate::{
-    cli::InstanceArgs,
+    cli::{ConntrackListArgs, FlowFilterArgs, ProtoFilter},
     datapath::{
         flows::{FlowView, monotonic_ns, snapshot},
         instance::{Instance, netns_label},
         pinned,
     },
+    privileges::require_root,
 };
 
 #[derive(Debug, Serialize)]
@@ -92,10 +92,28 @@ pub fn flows(instance: &Instance) -> Result<Vec<Flow>> {
     Ok(flows)
 }
 
-pub fn conntrack_list(netns: Option<&str>, args: &InstanceArgs) -> Result<()> {
-    let instance = Instance::find(&netns_label(netns)?, args.uplink.as_deref())?;
-    let flows = flows(&instance)?;
-    if args.json {
+/// Whether `flow` passes the `--proto/--src/--dst` filters.
+fn matches(filter: &FlowFilterArgs, flow: &Flow) -> bool {
+    let proto_ok = filter.proto.is_none_or(|p| match p {
+        ProtoFilter::Tcp => flow.proto == "tcp",
+        ProtoFilter::Udp => flow.proto == "udp",
+        ProtoFilter::Icmp => flow.proto == "icmp",
+    });
+    proto_ok
+        && filter.src.is_none_or(|net| net.contains(&flow.src.addr))
+        && filter.dst.is_none_or(|net| net.contains(&flow.dst.addr))
+}
+
+fn instance(netns: Option<&str>, args: &ConntrackListArgs) -> Result<Instance> {
+    Instance::find(&netns_label(netns)?, args.instance.uplink.as_deref())
+}
+
+pub fn conntrack_list(netns: Option<&str>, args: &ConntrackListArgs) -> Result<()> {
+    let flows: Vec<Flow> = flows(&instance(netns, args)?)?
+        .into_iter()
+        .filter(|f| matches(&args.filter, f))
+        .collect();
+    if args.instance.json {
         println!("{}", serde_json::to_string_pretty(&flows)?);
         return Ok(());
     }
@@ -117,33 +135,39 @@ pub fn conntrack_list(netns: Option<&str>, args: &InstanceArgs) -> Result<()> {
     Ok(())
 }
 
-/// Every counter, summed over CPUs, in [`Counter::ALL`] order.
-pub fn counter_totals(instance: &Instance) -> Result<Vec<(Counter, u64)>> {
-    let counters = pinned::counters(instance)?;
-    Counter::ALL
+pub fn conntrack_count(netns: Option<&str>, args: &ConntrackListArgs) -> Result<()> {
+    let count = flows(&instance(netns, args)?)?
         .iter()
-        .map(|&c| {
-            let per_cpu = counters
-                .get(&(c as u32), 0)
-                .with_context(|| format!("reading counter {}", c.name()))?;
-            Ok((c, per_cpu.iter().sum()))
-        })
-        .collect()
+        .filter(|f| matches(&args.filter, f))
+        .count();
+    if args.instance.json {
+        println!("{}", serde_json::json!({ "flows": count }));
+    } else {
+        println!("{count}");
+    }
+    Ok(())
 }
 
-pub fn stats(netns: Option<&str>, args: &InstanceArgs) -> Result<()> {
-    let instance = Instance::find(&netns_label(netns)?, args.uplink.as_deref())?;
-    let totals = counter_totals(&instance)?;
-    if args.json {
-        let map: serde_json::Map<String, serde_json::Value> = totals
-            .iter()
-            .map(|(c, v)| (c.name().to_owned(), (*v).into()))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&map)?);
-        return Ok(());
+/// Removes matching flows, original half first (see `gc`), then the reply.
+pub fn conntrack_flush(netns: Option<&str>, args: &ConntrackListArgs) -> Result<()> {
+    require_root("bpfmasq conntrack flush")?;
+    let instance = instance(netns, args)?;
+    let config = pinned::read_config(&instance)?;
+    let mut table = pinned::conntrack(&instance)?;
+    let snapshot = snapshot(&table)?;
+    let now = monotonic_ns();
+    let mut removed = 0usize;
+    for view in &snapshot.flows {
+        if matches(&args.filter, &flow(view, &config.timeouts, now)) {
+            let _ = table.remove(&view.key);
+            let _ = table.remove(&view.reply_key);
+            removed += 1;
+        }
     }
-    for (counter, value) in totals {
-        println!("{:<20} {value:>12}", counter.name());
+    if args.instance.json {
+        println!("{}", serde_json::json!({ "flushed": removed }));
+    } else {
+        println!("flushed {removed} flow(s)");
     }
     Ok(())
 }

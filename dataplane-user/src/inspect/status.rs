@@ -1,0 +1,109 @@
+//! `bpfmasq status`: what is attached where, with which configuration, and
+//! how full the conntrack table is.
+
+use std::net::Ipv4Addr;
+
+use anyhow::Result;
+use aya::programs::links::{FdLink, PinnedLink};
+use dataplane_common::config::AttachMode;
+use serde::Serialize;
+
+use crate::{
+    cli::InstanceArgs,
+    datapath::{
+        instance::{Instance, PIN_EGRESS, PIN_INGRESS, netns_label},
+        pinned,
+    },
+};
+
+#[derive(Debug, Serialize)]
+struct Hook {
+    hook: &'static str,
+    /// Program id (tcx only: clsact filters are not pinned links).
+    program_id: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+struct Status {
+    netns: String,
+    uplink: String,
+    uplink_ifindex: u32,
+    bridge_ifindex: u32,
+    link_type: &'static str,
+    hooks: Vec<Hook>,
+    pod_cidr: String,
+    nat_address: Ipv4Addr,
+    port_range: String,
+    timeouts: serde_json::Map<String, serde_json::Value>,
+    ct_max: u32,
+    flows: usize,
+    table_entries: usize,
+    table_capacity: u32,
+    pin_dir: String,
+}
+
+fn addr(raw: u32) -> Ipv4Addr {
+    Ipv4Addr::from(raw.to_ne_bytes())
+}
+
+fn program_id(instance: &Instance, pin: &str) -> Option<u32> {
+    let link: FdLink = PinnedLink::from_pin(instance.pin(pin)).ok()?.into();
+    link.info().ok().map(|info| info.program_id())
+}
+
+pub fn status(netns: Option<&str>, args: &InstanceArgs) -> Result<()> {
+    let instance = Instance::find(&netns_label(netns)?, args.uplink.as_deref())?;
+    let config = pinned::read_config(&instance)?;
+    let table = pinned::conntrack(&instance)?;
+    let snapshot = crate::datapath::flows::snapshot(&table)?;
+    let mode = config.attach_mode();
+    let hooks = [("egress", PIN_EGRESS), ("ingress", PIN_INGRESS)]
+        .into_iter()
+        .map(|(hook, pin)| Hook {
+            hook,
+            program_id: (mode == AttachMode::Tcx).then(|| program_id(&instance, pin)).flatten(),
+        })
+        .collect();
+    let prefix = u32::from_be(config.pod_mask).count_ones();
+    let status = Status {
+        netns: instance.netns.clone(),
+        uplink: instance.uplink.clone(),
+        uplink_ifindex: config.uplink_ifindex,
+        bridge_ifindex: config.bridge_ifindex,
+        link_type: match mode {
+            AttachMode::Tcx => "tcx",
+            AttachMode::Clsact => "clsact",
+            AttachMode::None => "none",
+        },
+        hooks,
+        pod_cidr: format!("{}/{prefix}", addr(config.pod_net)),
+        nat_address: addr(config.nat_addr),
+        port_range: format!("{}-{}", config.port_min, config.port_max),
+        timeouts: config.timeouts.named().iter().map(|(n, v)| ((*n).to_owned(), (*v).into())).collect(),
+        ct_max: config.ct_max,
+        flows: snapshot.flows.len(),
+        table_entries: snapshot.entries,
+        table_capacity: config.ct_max.saturating_mul(2),
+        pin_dir: instance.dir().display().to_string(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    println!("datapath     {} in network namespace `{}` ({})", status.uplink, status.netns, status.pin_dir);
+    println!("link type    {}", status.link_type);
+    for hook in &status.hooks {
+        let id = hook.program_id.map_or_else(|| "-".to_owned(), |id| id.to_string());
+        println!("  {:<8}   program id {id}", hook.hook);
+    }
+    println!("pod CIDR     {}", status.pod_cidr);
+    println!("NAT address  {}", status.nat_address);
+    println!("ports        {}", status.port_range);
+    println!(
+        "table        {} flows, {} of {} entries ({} flows max)",
+        status.flows, status.table_entries, status.table_capacity, status.ct_max
+    );
+    let timeouts: Vec<String> = status.timeouts.iter().map(|(n, v)| format!("{n}={v}")).collect();
+    println!("timeouts     {}", timeouts.join(" "));
+    Ok(())
+}
