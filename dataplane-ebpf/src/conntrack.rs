@@ -47,7 +47,7 @@ pub fn original_entry(
             return Ok(entry);
         }
         // Reply half first: once it is gone no reply reaches the stale mapping.
-        let _ = CONNTRACK.remove(&key.reply_after_snat(addr, port));
+        let _ = CONNTRACK.remove(key.reply_after_snat(addr, port));
         let _ = CONNTRACK.remove(key);
     }
     create_flow(key, cfg, now_ns)
@@ -64,7 +64,7 @@ pub fn restart_if_reused(key: &FlowKey, entry: *mut FlowEntry, seen: u8) {
         }
         (*entry).state = 0;
         let reply_key = key.reply_after_snat((*entry).rewrite_addr, (*entry).rewrite_port);
-        if let Some(reply) = CONNTRACK.get_ptr_mut(&reply_key) {
+        if let Some(reply) = CONNTRACK.get_ptr_mut(reply_key) {
             (*reply).state = 0;
         }
     }
@@ -93,16 +93,16 @@ fn create_flow(key: &FlowKey, cfg: &NatConfig, now_ns: u64) -> Result<*mut FlowE
             candidate_port(attempt, original_port, cfg.port_min, cfg.port_max, random).to_be();
         let reply_key = key.reply_after_snat(cfg.nat_addr, nat_port);
         let reply = FlowEntry::new(Direction::Reply, key.src_addr, key.src_port, now_ns);
-        match CONNTRACK.insert(&reply_key, &reply, BPF_NOEXIST as u64) {
+        match CONNTRACK.insert(reply_key, reply, BPF_NOEXIST as u64) {
             Ok(()) => {}
             Err(e) if e == -EEXIST => continue,
             Err(_) => return Err(FlowError::TableFull),
         }
         let original = FlowEntry::new(Direction::Original, cfg.nat_addr, nat_port, now_ns);
-        match CONNTRACK.insert(key, &original, BPF_NOEXIST as u64) {
+        match CONNTRACK.insert(key, original, BPF_NOEXIST as u64) {
             Ok(()) => count(Counter::FlowsCreated),
             Err(e) => {
-                let _ = CONNTRACK.remove(&reply_key);
+                let _ = CONNTRACK.remove(reply_key);
                 if e != -EEXIST {
                     return Err(FlowError::TableFull);
                 }
