@@ -18,16 +18,25 @@ fn main() -> anyhow::Result<()> {
             "cargo:warning=bpf-linker not found (or AYA_BUILD_SKIP set): building bpfmasq without its eBPF object; run `cargo xtask setup`"
         );
         fs::write(out_dir.join(EBPF_BIN), b"").context("writing placeholder eBPF object")?;
+        // Build again once `cargo xtask setup` has installed the linker.
+        if let Some(home) = env::var_os("CARGO_HOME").or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo").into())) {
+            println!("cargo:rerun-if-changed={}", PathBuf::from(home).join("bin/bpf-linker").display());
+        }
         return Ok(());
     }
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
     let root_dir = manifest_dir
         .parent()
         .ok_or_else(|| anyhow!("no workspace root"))?
         .join(EBPF_PACKAGE);
     let root_dir = root_dir.to_str().ok_or_else(|| anyhow!("non-UTF-8 path"))?;
     aya_build::build_ebpf(
-        [aya_build::Package { name: EBPF_PACKAGE, root_dir, ..Default::default() }],
+        [aya_build::Package {
+            name: EBPF_PACKAGE,
+            root_dir,
+            ..Default::default()
+        }],
         aya_build::Toolchain::default(),
     )
 }

@@ -1,1 +1,92 @@
-fn main() {}
+//! `cargo xtask`: everything around bpfmasq that is not bpfmasq itself.
+//!
+//! One module per concept: [`setup`] prepares the machine, [`build`] builds the
+//! binary, [`test`] runs every test, [`demo`] shows the datapath at work in a
+//! throwaway lab, [`lint`] checks formatting and clippy. [`cmd`] runs commands
+//! and echoes them, [`ui`] prints the headings, [`workspace`] knows the paths.
+
+mod build;
+mod cmd;
+mod demo;
+mod lint;
+mod setup;
+mod test;
+mod ui;
+mod workspace;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Set up, build, test and demo bpfmasq",
+    long_about = "Set up, build, test and demo bpfmasq.\n\n\
+                  After cloning, as root:\n  \
+                  cargo xtask demo    # see masquerade work in a throwaway lab\n  \
+                  cargo xtask test    # run every test (unit and end-to-end)\n\n\
+                  Each command runs the ones it needs first (demo and test run setup and build)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what building and testing need; quick and harmless when already done.
+    ///
+    /// Checks, and installs only what is missing: the Debian packages the tests and the demo
+    /// use (apt), rust-src for the nightly toolchain, bpf-linker built against the
+    /// nightly's own LLVM, and the BPF filesystem at /sys/fs/bpf. Installing packages and
+    /// mounting need root; the nightly toolchain itself must already be installed.
+    Setup,
+    /// Run setup, then build target/release/bpfmasq (with its eBPF object embedded).
+    Build,
+    /// Run setup and build, then every test: unit tests and the end-to-end tests (needs root).
+    ///
+    /// Runs `cargo test --release --workspace --exclude dataplane-ebpf` with BPFMASQ_BIN
+    /// pointing at the built binary. The end-to-end tests create and remove their own
+    /// network namespaces; they never touch the host's own network.
+    ///
+    /// Arguments are passed to `cargo test`, for example a test name filter, and after a
+    /// second `--` to the test harness: `cargo xtask test -- nat_ -- --nocapture`.
+    Test(test::TestArgs),
+    /// Run setup and build, then show bpfmasq masquerading a lab's traffic (needs root).
+    ///
+    /// Creates a lab in network namespaces (a host with a container bridge, two containers
+    /// and an outside peer), attaches bpfmasq, sends ping, HTTP and UDP from the containers
+    /// to the peer, prints the NAT table and counters, shows that no iptables or nftables
+    /// NAT rule exists, and always removes the lab again (also on failure or Ctrl-C).
+    Demo(demo::DemoArgs),
+    /// Check formatting (rustfmt) and lints (clippy, for the user-side crates and the eBPF crate).
+    Lint,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run(),
+        Command::Build => build::run().map(drop),
+        Command::Test(args) => test::run(&args),
+        Command::Demo(args) => demo::run(&args),
+        Command::Lint => lint::run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            ui::error(&format!("{e:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_well_formed() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}
