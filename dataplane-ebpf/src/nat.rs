@@ -15,14 +15,14 @@ use dataplane_common::{
     config::NatConfig,
     conntrack::seen_bits,
     counters::Counter,
-    flow::{FlowKey, IPPROTO_ICMP},
+    flow::{FlowEntry, FlowKey, IPPROTO_ICMP},
 };
 
 use crate::{
     conntrack,
     counters::count,
     maps::{CONFIG, NO_MASQ},
-    packet::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ParseError, parse_ipv4, parse_transport},
+    packet::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, Ipv4, ParseError, parse_ipv4, parse_transport},
     rewrite::{Endpoint, rewrite},
 };
 
@@ -88,21 +88,8 @@ pub fn snat(ctx: &TcContext) -> Result<i32, ()> {
     };
     let seen = seen_bits(l4.tcp_flags);
     conntrack::restart_if_reused(&key, entry, seen);
-    // SAFETY: map value pointer, valid for this run.
-    let (nat_addr, nat_port) = unsafe { ((*entry).rewrite_addr, (*entry).rewrite_port) };
-    if rewrite(
-        ctx,
-        &ip,
-        Endpoint::Source,
-        (ip.src, nat_addr),
-        (l4.src_port, nat_port),
-    )
-    .is_err()
-    {
-        return drop(Counter::DropRewrite);
-    }
-    conntrack::touch(entry, now, ctx.len(), seen);
-    pass(Counter::TranslatedOut)
+    let old = (ip.src, l4.src_port);
+    apply(ctx, &ip, Endpoint::Source, old, entry, (now, seen), Counter::TranslatedOut)
 }
 
 /// Translates a reply arriving at the NAT address back to its pod.
@@ -128,20 +115,31 @@ pub fn unsnat(ctx: &TcContext) -> Result<i32, ()> {
     let Some(entry) = conntrack::reply_entry(&key) else {
         return pass(Counter::PassedNoFlow);
     };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let old = (ip.dst, l4.dst_port);
+    let seen = seen_bits(l4.tcp_flags);
+    apply(ctx, &ip, Endpoint::Destination, old, entry, (now, seen), Counter::TranslatedIn)
+}
+
+/// Rewrites `endpoint` from `old` (address, port) to what `entry` says,
+/// accounts the packet to the flow and passes it; drops it if the rewrite
+/// fails half-way.
+#[inline(always)]
+fn apply(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    endpoint: Endpoint,
+    (old_addr, old_port): (u32, u16),
+    entry: *mut FlowEntry,
+    (now, seen): (u64, u8),
+    done: Counter,
+) -> Result<i32, ()> {
     // SAFETY: map value pointer, valid for this run.
-    let (pod_addr, pod_port) = unsafe { ((*entry).rewrite_addr, (*entry).rewrite_port) };
-    if rewrite(
-        ctx,
-        &ip,
-        Endpoint::Destination,
-        (ip.dst, pod_addr),
-        (l4.dst_port, pod_port),
-    )
-    .is_err()
-    {
+    let (new_addr, new_port) = unsafe { ((*entry).rewrite_addr, (*entry).rewrite_port) };
+    if rewrite(ctx, ip, endpoint, (old_addr, new_addr), (old_port, new_port)).is_err() {
         return drop(Counter::DropRewrite);
     }
-    // SAFETY: plain helper call.
-    conntrack::touch(entry, unsafe { bpf_ktime_get_ns() }, ctx.len(), seen_bits(l4.tcp_flags));
-    pass(Counter::TranslatedIn)
+    conntrack::touch(entry, now, ctx.len(), seen);
+    pass(done)
 }
