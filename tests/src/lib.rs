@@ -1,1 +1,56 @@
-//! Helpers for the end-to-end tests (stub).
+//! Helpers for bpfmasq's privileged end-to-end tests.
+//!
+//! Every test builds its own lab (`bpfmasq lab up`) under a unique name,
+//! attaches the datapath with the real binary, moves real packets between
+//! the lab's namespaces and tears everything down again through RAII guards,
+//! even when the test panics. Nothing here touches the root namespace's
+//! network or any address outside the lab.
+//!
+//! Run them as root against a built binary, e.g. `cargo xtask test`, or
+//! `BPFMASQ_BIN=target/release/bpfmasq cargo test --release -p bpfmasq-e2e`
+//! (without `BPFMASQ_BIN`, `<workspace>/target/release/bpfmasq` is used).
+//! Labs are named `e2e-<test>-<pid>`, so tests run in parallel and
+//! alongside other labs; `ls /run/netns` shows any that a killed run left.
+//!
+//! One concept per module:
+//! - [`product`]: the `bpfmasq` binary under test and running it;
+//! - [`process`]: running a command with a deadline, describing its output;
+//! - [`topology`]: the lab's fixed addresses and names;
+//! - [`lab`]: the [`Lab`] guard (`lab up` / `lab down`), `lab exec`, sockets in a node;
+//! - [`datapath`]: the [`Datapath`] guard (`attach` / `detach`), stats, pins;
+//! - [`netns`]: running a closure inside a named namespace;
+//! - [`pattern`]: the deterministic pseudo-random byte stream TCP transfers carry;
+//! - [`icmp`]: `ping` from a node;
+//! - [`refusal`]: what a cleanly refused command looks like;
+//! - [`echo`]: the tagged answer echo servers give;
+//! - [`tcp`], [`udp`]: servers that stop by themselves and clients with timeouts;
+//! - [`capture`]: an AF_PACKET capture recording IPv4 sources seen on an interface;
+//! - [`daemon_support`]: `bpfmasq run` as a guarded child process, polling with a deadline;
+//! - [`netfilter`]: looking for NAT rules in a namespace.
+
+pub mod capture;
+pub mod daemon_support;
+pub mod datapath;
+pub mod echo;
+pub mod icmp;
+pub mod lab;
+pub mod netfilter;
+pub mod netns;
+pub mod pattern;
+pub mod process;
+pub mod product;
+pub mod refusal;
+pub mod tcp;
+pub mod topology;
+pub mod udp;
+
+pub use datapath::Datapath;
+pub use lab::{Lab, exec_in};
+pub use netns::run_in;
+pub use product::bin;
+
+/// `e` with `what` in front, keeping its kind (for messages that say which
+/// peer and which step failed).
+pub(crate) fn context(e: std::io::Error, what: &str) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{what}: {e}"))
+}

@@ -1,0 +1,268 @@
+//! `bpfmasq run` as a child process for the daemon tests: started in a
+//! lab's host, its output collected as it comes, SIGKILLed when the guard
+//! drops (panic or not). Plus polling with a deadline and reading the
+//! datapath's JSON views without an attach guard.
+
+use std::{
+    io::Read,
+    os::unix::process::CommandExt as _,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, PoisonError},
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{
+    lab::Lab,
+    process::describe,
+    product::{bin, bpfmasq},
+    topology::{BRIDGE, UPLINK},
+};
+
+/// How long a daemon may take to say it started, or to stop after a signal.
+pub const DAEMON_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often [`eventually`] looks again.
+pub const POLL: Duration = Duration::from_millis(200);
+
+/// How the daemon's own lines start.
+pub const LOG_PREFIX: &str = "bpfmasq run: ";
+
+/// The arguments of `bpfmasq --netns NAME-host run --bridge cni0 --uplink eth0 EXTRA...`.
+pub fn run_args(lab: &Lab, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--netns",
+        &lab.host_ns(),
+        "run",
+        "--bridge",
+        BRIDGE,
+        "--uplink",
+        UPLINK,
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// A running `bpfmasq run`; SIGKILLed and reaped when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    shown: String,
+    child: Child,
+    /// stdout and stderr, interleaved as read.
+    output: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Starts `bpfmasq run` with `extra` arguments and waits until it says
+    /// it attached or adopted the datapath; returns the guard and that line.
+    pub fn start(lab: &Lab, extra: &[&str]) -> (Self, String) {
+        let mut daemon = Self::spawn(lab, extra);
+        let line = daemon.wait_for_started();
+        (daemon, line)
+    }
+
+    /// Starts `bpfmasq run` with `extra` arguments without waiting.
+    pub fn spawn(lab: &Lab, extra: &[&str]) -> Self {
+        let args = run_args(lab, extra);
+        let shown = format!("bpfmasq {}", args.join(" "));
+        let mut child = Command::new(bin())
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own group: a Ctrl-C meant for the test runner does not stop it half-way.
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `{shown}`: {e}"));
+        let output = Arc::new(Mutex::new(String::new()));
+        let readers = vec![
+            collect(child.stdout.take(), Arc::clone(&output)),
+            collect(child.stderr.take(), Arc::clone(&output)),
+        ];
+        Self {
+            shown,
+            child,
+            output,
+            readers,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything printed so far.
+    pub fn output(&self) -> String {
+        self.output
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Waits until a line containing `needle` was printed and returns it;
+    /// panics with the output when the daemon exits first or after `timeout`.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        self.wait_for_line(&format!("`{needle}`"), timeout, |line| line.contains(needle))
+    }
+
+    /// Waits for the line saying the daemon owns the datapath (attached or adopted).
+    pub fn wait_for_started(&mut self) -> String {
+        self.wait_for_line("that it started", DAEMON_TIMEOUT, |line| {
+            line.starts_with(LOG_PREFIX)
+                && !line.contains("warning:")
+                && (line.contains("attached") || line.contains("adopted"))
+        })
+    }
+
+    fn wait_for_line(&mut self, what: &str, timeout: Duration, wanted: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let exited = self.child.try_wait().ok().flatten();
+            if exited.is_some() {
+                // Whatever it printed before exiting is read to the end first.
+                self.join_readers();
+            }
+            if let Some(line) = self.output().lines().find(|l| wanted(l)) {
+                return line.to_owned();
+            }
+            if let Some(status) = exited {
+                panic!("`{}` exited ({status}) before printing {what}:\n{}", self.shown, self.output());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "`{}` did not print {what} within {timeout:?}:\n{}",
+                self.shown,
+                self.output()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGKILL`) to the daemon.
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) on the pid of our own child, which is not reaped
+        // yet (reaping happens only in `wait`/`drop`), so the pid is still ours.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert!(
+            rc == 0,
+            "kill({pid}, {signal}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Waits for the daemon to exit; panics with its output after `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for the daemon") {
+                self.join_readers();
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "`{}` did not exit within {timeout:?}:\n{}",
+                self.shown,
+                self.output()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.wait(DAEMON_TIMEOUT);
+    }
+
+    fn join_readers(&mut self) {
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        self.join_readers();
+        if thread::panicking() {
+            eprintln!("output of `{}`:\n{}", self.shown, self.output());
+        }
+    }
+}
+
+/// Appends whatever `pipe` yields to `output` until it closes.
+fn collect(pipe: Option<impl Read + Send + 'static>, output: Arc<Mutex<String>>) -> JoinHandle<()> {
+    thread::spawn(move || {
+        let Some(mut pipe) = pipe else { return };
+        let mut buf = [0; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            output
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+}
+
+/// Calls `check` every [`POLL`] until it returns `Some`, and returns that;
+/// after `timeout` panics with `what` and the last `describe()`.
+pub fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+    describe: impl Fn() -> String,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {timeout:?}\n{}",
+            describe()
+        );
+        thread::sleep(POLL);
+    }
+}
+
+/// `bpfmasq --netns NAME-host VERB...`, parsed as JSON; panics if the command
+/// fails or prints no JSON.
+pub fn host_json(lab: &Lab, verb: &[&str]) -> Value {
+    let mut args = vec!["--netns".to_owned(), lab.host_ns()];
+    args.extend(verb.iter().map(|s| s.to_string()));
+    let out = bpfmasq(&args);
+    assert!(
+        out.status.success(),
+        "`bpfmasq {}` failed: {}",
+        args.join(" "),
+        describe(&out)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "`bpfmasq {}` printed no valid JSON ({e}): {}",
+            args.join(" "),
+            describe(&out)
+        )
+    })
+}
+
+/// `conntrack list --json` of the lab's datapath: one JSON object per flow.
+pub fn flows(lab: &Lab) -> Vec<Value> {
+    match host_json(lab, &["conntrack", "list", "--json"]) {
+        Value::Array(flows) => flows,
+        other => panic!("`conntrack list --json` printed no array: {other}"),
+    }
+}

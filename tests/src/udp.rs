@@ -1,0 +1,186 @@
+//! UDP: a tagged echo server that records who asked and stops by itself,
+//! and a client with per-attempt timeouts and a bounded number of retries.
+
+use std::{
+    collections::BTreeSet,
+    io,
+    net::{SocketAddr, SocketAddrV4, UdpSocket},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use crate::{context, echo, lab::Lab};
+
+/// How long one attempt waits for the answer.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
+/// How many times a request is sent before giving up.
+pub const ATTEMPTS: u32 = 3;
+/// A server stops after this long, whatever happened.
+pub const SERVER_LIFETIME: Duration = Duration::from_secs(120);
+
+const POLL: Duration = Duration::from_millis(50);
+const MAX_DATAGRAM: usize = 65_536;
+
+/// A datagram the echo server received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub peer: SocketAddrV4,
+    pub payload: Vec<u8>,
+}
+
+/// An echo server in a lab node answering [`echo::reply`]`(tag, request)`
+/// to every datagram; stops when [`UdpEchoServer::stop`]ped, dropped, or
+/// after [`SERVER_LIFETIME`].
+#[derive(Debug)]
+pub struct UdpEchoServer {
+    addr: SocketAddrV4,
+    stop: Arc<AtomicBool>,
+    requests: Arc<Mutex<Vec<Request>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpEchoServer {
+    /// Binds `addr` inside `node` (bound before this returns) and starts answering.
+    pub fn spawn(lab: &Lab, node: &str, addr: SocketAddrV4, tag: &str) -> Self {
+        let socket = bind(lab, node, addr).unwrap_or_else(|e| panic!("UDP echo server: {e}"));
+        socket
+            .set_read_timeout(Some(POLL))
+            .expect("setting a read timeout");
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (stopped, record) = (Arc::clone(&stop), Arc::clone(&requests));
+        let tag = tag.to_owned();
+        let thread = thread::spawn(move || serve(&socket, &tag, &stopped, &record));
+        Self {
+            addr,
+            stop,
+            requests,
+            thread: Some(thread),
+        }
+    }
+
+    /// Every datagram received so far, in order.
+    pub fn requests(&self) -> Vec<Request> {
+        self.requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The address the server answers on.
+    pub fn addr(&self) -> SocketAddrV4 {
+        self.addr
+    }
+
+    /// Stops the server and returns every datagram it received, in order.
+    pub fn stop(mut self) -> Vec<Request> {
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread.take().expect("stopped once");
+        thread
+            .join()
+            .unwrap_or_else(|_| panic!("UDP echo server on {} panicked", self.addr));
+        self.requests()
+    }
+}
+
+impl Drop for UdpEchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve(socket: &UdpSocket, tag: &str, stop: &AtomicBool, requests: &Mutex<Vec<Request>>) {
+    let deadline = Instant::now() + SERVER_LIFETIME;
+    let mut buf = vec![0; MAX_DATAGRAM];
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        match socket.recv_from(&mut buf) {
+            Ok((n, SocketAddr::V4(peer))) => {
+                let payload = buf[..n].to_vec();
+                // A lost answer shows up as a client timeout, with this request recorded.
+                let _ = socket.send_to(&echo::reply(tag, &payload), peer);
+                requests
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(Request { peer, payload });
+            }
+            Ok((_, SocketAddr::V6(_))) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => panic!("UDP echo server receive failed: {e}"),
+        }
+    }
+}
+
+/// The distinct peers among `requests`.
+pub fn peers(requests: &[Request]) -> BTreeSet<SocketAddrV4> {
+    requests.iter().map(|r| r.peer).collect()
+}
+
+/// A UDP socket bound to `addr` inside `node` (port 0: any port).
+pub fn bind(lab: &Lab, node: &str, addr: SocketAddrV4) -> io::Result<UdpSocket> {
+    lab.run_in(node, || UdpSocket::bind(addr))
+        .map_err(|e| context(e, &format!("binding UDP {addr} in {}", lab.ns(node))))
+}
+
+/// Sends `payload` to `dst` and returns the first datagram that comes back
+/// from `dst`, resending up to [`ATTEMPTS`] times, [`REPLY_TIMEOUT`] each.
+/// Fails with [`io::ErrorKind::TimedOut`] when nothing came back.
+pub fn request(socket: &UdpSocket, dst: SocketAddrV4, payload: &[u8]) -> io::Result<Vec<u8>> {
+    let local = socket
+        .local_addr()
+        .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+    let what = format!("UDP request {} from {local} to {dst}", echo::show(payload));
+    let mut buf = vec![0; MAX_DATAGRAM];
+    for _ in 0..ATTEMPTS {
+        socket
+            .send_to(payload, dst)
+            .map_err(|e| context(e, &what))?;
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        while let Some(left) = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+        {
+            socket
+                .set_read_timeout(Some(left))
+                .map_err(|e| context(e, &what))?;
+            match socket.recv_from(&mut buf) {
+                Ok((n, SocketAddr::V4(from))) if from == dst => return Ok(buf[..n].to_vec()),
+                Ok(_) => {} // not from the server: keep waiting
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(context(e, &what)),
+            }
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("{what}: no answer within {ATTEMPTS} attempts of {REPLY_TIMEOUT:?}"),
+    ))
+}
+
+/// Binds in `node` and makes one [`request`].
+pub fn exchange(
+    lab: &Lab,
+    node: &str,
+    bind_to: SocketAddrV4,
+    dst: SocketAddrV4,
+    payload: &[u8],
+) -> io::Result<Vec<u8>> {
+    request(&bind(lab, node, bind_to)?, dst, payload)
+}
