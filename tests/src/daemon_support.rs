@@ -23,6 +23,8 @@ use crate::{
 
 /// How long a daemon may take to say it started, or to stop after a signal.
 pub const DAEMON_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a dropped daemon may take to stop on SIGTERM before it is SIGKILLed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How often [`eventually`] looks again.
 pub const POLL: Duration = Duration::from_millis(200);
 
@@ -106,7 +108,9 @@ impl Daemon {
     /// Waits until a line containing `needle` was printed and returns it;
     /// panics with the output when the daemon exits first or after `timeout`.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
-        self.wait_for_line(&format!("`{needle}`"), timeout, |line| line.contains(needle))
+        self.wait_for_line(&format!("`{needle}`"), timeout, |line| {
+            line.contains(needle)
+        })
     }
 
     /// Waits for the line saying the daemon owns the datapath (attached or adopted).
@@ -118,7 +122,12 @@ impl Daemon {
         })
     }
 
-    fn wait_for_line(&mut self, what: &str, timeout: Duration, wanted: impl Fn(&str) -> bool) -> String {
+    fn wait_for_line(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let exited = self.child.try_wait().ok().flatten();
@@ -130,7 +139,11 @@ impl Daemon {
                 return line.to_owned();
             }
             if let Some(status) = exited {
-                panic!("`{}` exited ({status}) before printing {what}:\n{}", self.shown, self.output());
+                panic!(
+                    "`{}` exited ({status}) before printing {what}:\n{}",
+                    self.shown,
+                    self.output()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -144,15 +157,19 @@ impl Daemon {
 
     /// Sends `signal` (e.g. `libc::SIGKILL`) to the daemon.
     pub fn signal(&self, signal: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        self.send(signal)
+            .unwrap_or_else(|e| panic!("signal {signal} to `{}`: {e}", self.shown));
+    }
+
+    fn send(&self, signal: libc::c_int) -> std::io::Result<()> {
+        let pid = libc::pid_t::try_from(self.child.id()).map_err(std::io::Error::other)?;
         // SAFETY: kill(2) on the pid of our own child, which is not reaped
         // yet (reaping happens only in `wait`/`drop`), so the pid is still ours.
-        let rc = unsafe { libc::kill(pid, signal) };
-        assert!(
-            rc == 0,
-            "kill({pid}, {signal}): {}",
-            std::io::Error::last_os_error()
-        );
+        if unsafe { libc::kill(pid, signal) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
     }
 
     /// Waits for the daemon to exit; panics with its output after `timeout`.
@@ -188,7 +205,13 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
+        // SIGTERM first: a daemon that stops cleanly removes its lock file;
+        // SIGKILL when it does not stop in time.
+        if matches!(self.child.try_wait(), Ok(None)) && self.send(libc::SIGTERM).is_ok() {
+            let deadline = Instant::now() + STOP_GRACE;
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
             let _ = self.child.kill();
         }
         let _ = self.child.wait();

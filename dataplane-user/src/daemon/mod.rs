@@ -1,18 +1,432 @@
-//! `bpfmasq run`, the foreground daemon, and `bpfmasq gc` (being written).
-use anyhow::{Result, bail};
+//! `bpfmasq run`, the foreground daemon, and `bpfmasq gc`.
+//!
+//! The datapath never depends on the daemon: programs, links and maps live
+//! in pins, so the daemon may stop, crash or be upgraded at any time without
+//! a packet noticing. Starting, it attaches, or adopts what an earlier run or
+//! `attach` pinned (new programs swapped in atomically, maps and flows kept).
+//! Running, it expires flows and follows the uplink's address.
 
+mod addresses;
+mod lock;
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::maps::{Array, Map, MapData};
+use dataplane_common::{
+    config::{AttachMode, NatConfig},
+    maps,
+};
+use tokio::{
+    signal::unix::{Signal, SignalKind, signal},
+    time::MissedTickBehavior,
+};
+
+use self::addresses::{AddressWatch, primary_ipv4};
 use crate::{
-    cli::{InstanceArgs, RunArgs},
+    cli::{InstanceArgs, LinkType, RunArgs},
     datapath::{
-        gc,
+        self,
+        flows::ConntrackMap,
+        gc::{self, SweepReport},
         instance::{Instance, netns_label},
+        loader,
+        options::Resolved,
         pinned,
+        tc::{self, AttachRecord},
     },
+    netlink::Netlink,
     privileges::require_root,
 };
 
-pub async fn run(_netns: Option<&str>, _args: &RunArgs) -> Result<()> {
-    bail!("bpfmasq run is not implemented yet")
+pub async fn run(netns: Option<&str>, args: &RunArgs) -> Result<()> {
+    require_root("bpfmasq run")?;
+    // Caught from the start: a signal arriving while the datapath is being
+    // attached is handled once that is done, instead of killing it half-way.
+    let mut signals = Signals::new()?;
+    let netlink = Netlink::connect()?;
+    let resolved = Resolved::resolve(&netlink, &args.attach).await?;
+    let instance = Instance::new(&netns_label(netns)?, &resolved.uplink);
+    let _lock = lock::acquire(&instance)?;
+    // Subscribed before the datapath is configured with the address just
+    // resolved, so that a change in between is not missed.
+    let follow = args.attach.nat_address.is_none();
+    let mut watch = follow.then(AddressWatch::subscribe).transpose()?;
+
+    let started = start(&netlink, &instance, &resolved, args.attach.link_type).await?;
+    println!("{}", started.describe(&instance, args, follow));
+    let mut daemon = Daemon {
+        table: pinned::conntrack(&instance)?,
+        instance,
+        uplink_ifindex: resolved.uplink_ifindex,
+        warned_no_address: false,
+    };
+    if follow {
+        daemon.follow_address(&netlink).await?;
+    }
+
+    let mut gc_timer = tokio::time::interval(Duration::from_secs(args.gc_interval));
+    // A slow sweep (a huge table) delays the next one rather than bunching them.
+    gc_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let stopped_by = loop {
+        tokio::select! {
+            name = signals.recv() => break name,
+            _ = gc_timer.tick() => {
+                daemon.sweep()?;
+            }
+            changed = address_changed(&mut watch, daemon.uplink_ifindex) => match changed {
+                Ok(()) => daemon.follow_address(&netlink).await?,
+                Err(e) => {
+                    eprintln!(
+                        "bpfmasq run: warning: {e:#}; no longer following the address of {}",
+                        daemon.instance.uplink
+                    );
+                    watch = None;
+                }
+            },
+        }
+    };
+    drop(watch);
+
+    let instance = &daemon.instance;
+    if args.detach_on_exit {
+        datapath::detach_instance(&netlink, instance)
+            .await
+            .with_context(|| format!("{stopped_by}: stopping, with --detach-on-exit"))?;
+        println!(
+            "bpfmasq run: {stopped_by}: stopped; detached from {} in network namespace `{}` and removed its pins",
+            instance.uplink, instance.netns
+        );
+    } else {
+        println!(
+            "bpfmasq run: {stopped_by}: stopped; the datapath stays attached and pinned in {} \
+             (a new `bpfmasq run` adopts it, `bpfmasq detach` removes it)",
+            instance.dir().display()
+        );
+    }
+    Ok(())
+}
+
+/// SIGINT and SIGTERM, the two ways to stop the daemon cleanly.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        let catch = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("installing a {name} handler"))
+        };
+        Ok(Self {
+            interrupt: catch(SignalKind::interrupt(), "SIGINT")?,
+            terminate: catch(SignalKind::terminate(), "SIGTERM")?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}
+
+/// Waits for the next address notification that may concern the uplink;
+/// never returns when the address is not followed.
+async fn address_changed(watch: &mut Option<AddressWatch>, ifindex: u32) -> Result<()> {
+    match watch {
+        Some(watch) => watch.changed(ifindex).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How the daemon came to own the datapath.
+enum How {
+    Attached,
+    Adopted,
+    /// A pinned datapath was there but could not carry traffic any more (the
+    /// reason): it was removed and a new one attached.
+    Reattached(String),
+}
+
+struct Started {
+    how: How,
+    config: NatConfig,
+    /// Egress, ingress.
+    program_ids: [u32; 2],
+}
+
+impl Started {
+    fn describe(&self, instance: &Instance, args: &RunArgs, follow: bool) -> String {
+        let c = &self.config;
+        let what = match &self.how {
+            How::Attached => "attached to".to_owned(),
+            How::Adopted => {
+                "adopted the datapath (maps and flows kept, programs swapped in) on".to_owned()
+            }
+            How::Reattached(reason) => {
+                format!("removed a defunct pinned datapath ({reason}) and attached a new one to")
+            }
+        };
+        let prefix = u32::from_be(c.pod_mask).count_ones();
+        let timeouts: Vec<String> = c
+            .timeouts
+            .named()
+            .iter()
+            .map(|(name, secs)| format!("{name}={secs}"))
+            .collect();
+        let [egress, ingress] = self.program_ids;
+        format!(
+            "bpfmasq run: {what} {} in network namespace `{}` ({}, program ids egress {egress} ingress {ingress}): \
+             masquerading {}/{prefix} to {}{} (ports {}-{}, up to {} flows; timeouts {}), GC every {}s, pinned in {}",
+            instance.uplink,
+            instance.netns,
+            mode_name(c.attach_mode()),
+            addr(c.pod_net),
+            addr(c.nat_addr),
+            if follow {
+                " following the uplink's address"
+            } else {
+                " (fixed by --nat-address)"
+            },
+            c.port_min,
+            c.port_max,
+            c.ct_max,
+            timeouts.join(" "),
+            args.gc_interval,
+            instance.dir().display()
+        )
+    }
+}
+
+fn mode_name(mode: AttachMode) -> &'static str {
+    match mode {
+        AttachMode::Tcx => "tcx",
+        AttachMode::Clsact => "clsact",
+        AttachMode::None => "not attached",
+    }
+}
+
+fn addr(raw: u32) -> Ipv4Addr {
+    Ipv4Addr::from(raw.to_ne_bytes())
+}
+
+/// Attaches, or adopts the pinned datapath: loads the new programs against
+/// the pinned maps and swaps them in without a gap. A pinned datapath that
+/// can no longer carry traffic (its interface was re-created...) is removed
+/// and replaced by a fresh one; its flows were dead anyway.
+async fn start(
+    netlink: &Netlink,
+    instance: &Instance,
+    resolved: &Resolved,
+    link_type: LinkType,
+) -> Result<Started> {
+    if !instance.dir().exists() {
+        return attach_new(netlink, instance, resolved, link_type, How::Attached).await;
+    }
+    let pinned = match pinned::read_config(instance) {
+        Ok(config) => config,
+        Err(e) => {
+            let reason = format!("its CONFIG cannot be read: {e:#}");
+            return reattach(netlink, instance, resolved, link_type, reason).await;
+        }
+    };
+    if let Some(reason) = tc::defunct_reason(instance, &pinned, resolved.uplink_ifindex) {
+        return reattach(netlink, instance, resolved, link_type, reason).await;
+    }
+    warn_about_kept_settings(&pinned, resolved, link_type);
+    // A program the kernel rejects fails here, with the pinned datapath untouched.
+    let (mut ebpf, config) = datapath::load_adopting(instance, resolved, &pinned)?;
+    if let Err(e) = tc::replace(&mut ebpf, instance, &AttachRecord::from_config(&pinned)) {
+        if pinned.attach_mode() != AttachMode::Clsact {
+            return Err(e.context("adopting the pinned datapath"));
+        }
+        // clsact filters vanish with their qdisc (a `tc qdisc del`, a
+        // re-created interface): replacing them is how that shows.
+        drop(ebpf);
+        let reason = format!("its clsact filters could not be replaced: {e:#}");
+        return reattach(netlink, instance, resolved, link_type, reason).await;
+    }
+    Ok(Started {
+        how: How::Adopted,
+        program_ids: loader::program_ids(&mut ebpf)?,
+        config,
+    })
+}
+
+async fn attach_new(
+    netlink: &Netlink,
+    instance: &Instance,
+    resolved: &Resolved,
+    link_type: LinkType,
+    how: How,
+) -> Result<Started> {
+    let (mut ebpf, config) = datapath::attach_fresh(netlink, instance, resolved, link_type).await?;
+    Ok(Started {
+        how,
+        program_ids: loader::program_ids(&mut ebpf)?,
+        config,
+    })
+}
+
+async fn reattach(
+    netlink: &Netlink,
+    instance: &Instance,
+    resolved: &Resolved,
+    link_type: LinkType,
+    reason: String,
+) -> Result<Started> {
+    eprintln!(
+        "bpfmasq run: warning: the datapath pinned in {} is defunct ({reason}); removing it and attaching a new one",
+        instance.dir().display()
+    );
+    if let Err(e) = datapath::detach_instance(netlink, instance).await {
+        // Leftovers of a dead datapath must not keep a working one from starting.
+        eprintln!("bpfmasq run: warning: removing the defunct datapath: {e:#}");
+    }
+    attach_new(
+        netlink,
+        instance,
+        resolved,
+        link_type,
+        How::Reattached(reason),
+    )
+    .await
+}
+
+/// Settings an adopted datapath keeps whatever the command line says.
+fn warn_about_kept_settings(pinned: &NatConfig, resolved: &Resolved, link_type: LinkType) {
+    if resolved.ct_max != pinned.ct_max {
+        eprintln!(
+            "bpfmasq run: warning: --ct-max {} not applied: the pinned table holds up to {} flows \
+             and keeps its size (`bpfmasq detach` first to resize it, losing the flows)",
+            resolved.ct_max, pinned.ct_max
+        );
+    }
+    let wanted = match link_type {
+        LinkType::Auto => None,
+        LinkType::Tcx => Some(AttachMode::Tcx),
+        LinkType::Clsact => Some(AttachMode::Clsact),
+    };
+    if wanted.is_some_and(|mode| mode != pinned.attach_mode()) {
+        eprintln!(
+            "bpfmasq run: warning: --link-type {link_type:?} not applied: the pinned datapath is attached with {} \
+             (`bpfmasq detach` first to change it)",
+            mode_name(pinned.attach_mode())
+        );
+    }
+}
+
+/// The running daemon's state.
+struct Daemon {
+    instance: Instance,
+    uplink_ifindex: u32,
+    table: ConntrackMap,
+    /// Warn once per stretch without an address, not on every notification.
+    warned_no_address: bool,
+}
+
+impl Daemon {
+    /// Someone ran `bpfmasq detach` (or removed the pins): the maps this
+    /// daemon holds are no longer the datapath's; stop rather than tend them.
+    fn ensure_pinned(&self) -> Result<()> {
+        if self.instance.pin(maps::CONFIG).exists() {
+            return Ok(());
+        }
+        bail!(
+            "the datapath's pins in {} are gone (detached by someone else?); stopping",
+            self.instance.dir().display()
+        )
+    }
+
+    /// One GC sweep with the configuration as it is in the map now (timeouts
+    /// and NAT address may have changed); logged when it removed anything.
+    /// A failing sweep is reported and retried at the next tick.
+    fn sweep(&mut self) -> Result<Option<SweepReport>> {
+        self.ensure_pinned()?;
+        let swept = pinned::read_config(&self.instance)
+            .and_then(|config| gc::sweep(&mut self.table, &config));
+        match swept {
+            Ok(report) => {
+                if report.expired + report.rebound + report.orphans > 0 {
+                    eprintln!(
+                        "bpfmasq run: gc: removed {} expired and {} rebound flows and {} orphan halves \
+                         of {} flows ({} entries) in {:.3}s",
+                        report.expired,
+                        report.rebound,
+                        report.orphans,
+                        report.flows,
+                        report.entries,
+                        report.duration.as_secs_f64()
+                    );
+                }
+                Ok(Some(report))
+            }
+            Err(e) => {
+                eprintln!("bpfmasq run: warning: gc sweep failed: {e:#}");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Looks up the uplink's primary IPv4 address; when it changed, new
+    /// flows get the new one (CONFIG) and flows bound to the old one are
+    /// flushed at once (a sweep removes them as `rebound`).
+    async fn follow_address(&mut self, netlink: &Netlink) -> Result<()> {
+        self.ensure_pinned()?;
+        let uplink = self.instance.uplink.clone();
+        let mut config = pinned::read_config(&self.instance)?;
+        let old = addr(config.nat_addr);
+        let new = match primary_ipv4(netlink, self.uplink_ifindex).await {
+            Ok(Some(new)) => new,
+            Ok(None) => {
+                if !self.warned_no_address {
+                    eprintln!(
+                        "bpfmasq run: warning: {uplink} has no IPv4 address now; still masquerading to {old}"
+                    );
+                    self.warned_no_address = true;
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                eprintln!("bpfmasq run: warning: looking up the addresses of {uplink}: {e:#}");
+                return Ok(());
+            }
+        };
+        self.warned_no_address = false;
+        if new == old {
+            return Ok(());
+        }
+        config.nat_addr = u32::from_ne_bytes(new.octets());
+        if let Err(e) = write_config(&self.instance, &config) {
+            eprintln!(
+                "bpfmasq run: warning: {uplink}'s address is now {new}, but updating the datapath failed: {e:#}"
+            );
+            return Ok(());
+        }
+        let flushed = self
+            .sweep()?
+            .map_or_else(|| "?".to_owned(), |r| r.rebound.to_string());
+        eprintln!(
+            "bpfmasq run: the primary address of {uplink} changed from {old} to {new}: \
+             new flows leave from {new}; {flushed} flows bound to {old} flushed"
+        );
+        Ok(())
+    }
+}
+
+/// Writes the pinned CONFIG's only slot.
+fn write_config(instance: &Instance, config: &NatConfig) -> Result<()> {
+    let path = instance.pin(maps::CONFIG);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    let map =
+        Map::from_map_data(data).map_err(|e| anyhow!("pinned map {}: {e}", path.display()))?;
+    let mut array: Array<MapData, NatConfig> = map.try_into()?;
+    array
+        .set(0, config, 0)
+        .context("writing the datapath configuration")
 }
 
 /// One sweep now, reported.

@@ -15,7 +15,8 @@ use super::{instance::Instance, options::Resolved};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane"));
 
 /// Loads the programs into the kernel, creating (or reusing) the maps
-/// pinned in `instance`'s folder.
+/// pinned in `instance`'s folder. A reused map keeps its contents and its
+/// size (`--ct-max` only sizes a new CONNTRACK).
 pub fn load(instance: &Instance, resolved: &Resolved) -> Result<Ebpf> {
     if EBPF_OBJECT.is_empty() {
         bail!(
@@ -50,16 +51,49 @@ pub fn configure(ebpf: &mut Ebpf, config: &NatConfig, resolved: &Resolved) -> Re
         .map_mut(maps::NO_MASQ)
         .ok_or_else(|| anyhow!("map {} missing", maps::NO_MASQ))?
         .try_into()?;
-    for net in &resolved.no_masq {
-        let key = Key::new(
-            u32::from(net.prefix_len()),
-            u32::from_ne_bytes(net.network().octets()),
-        );
+    let wanted: Vec<(u32, u32)> = resolved
+        .no_masq
+        .iter()
+        .map(|net| {
+            (
+                u32::from(net.prefix_len()),
+                u32::from_ne_bytes(net.network().octets()),
+            )
+        })
+        .collect();
+    for (net, &(prefix_len, addr)) in resolved.no_masq.iter().zip(&wanted) {
         no_masq
-            .insert(&key, 1, 0)
+            .insert(&Key::new(prefix_len, addr), 1, 0)
             .with_context(|| format!("adding {net} to {}", maps::NO_MASQ))?;
     }
+    // A reused (pinned) map may hold entries of an earlier configuration:
+    // they go after the new ones are in, so a wanted entry is never missing.
+    let stale: Vec<Key<u32>> = no_masq
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|key| !wanted.contains(&(key.prefix_len(), key.data())))
+        .collect();
+    for key in &stale {
+        no_masq
+            .remove(key)
+            .with_context(|| format!("removing a stale entry from {}", maps::NO_MASQ))?;
+    }
     Ok(())
+}
+
+/// The kernel's ids of the loaded uplink programs (egress, ingress).
+pub fn program_ids(ebpf: &mut Ebpf) -> Result<[u32; 2]> {
+    let mut ids = [0; 2];
+    for (id, name) in ids
+        .iter_mut()
+        .zip([maps::PROG_UPLINK_EGRESS, maps::PROG_UPLINK_INGRESS])
+    {
+        *id = classifier(ebpf, name)?
+            .info()
+            .with_context(|| format!("reading the id of program `{name}`"))?
+            .id();
+    }
+    Ok(ids)
 }
 
 /// Writes the CONFIG map's only slot.

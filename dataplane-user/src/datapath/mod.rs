@@ -1,5 +1,6 @@
 //! The datapath's lifecycle: `attach` loads the programs, configures the
 //! maps, attaches to the uplink and pins everything; `detach` undoes it.
+//! `bpfmasq run` reuses the steps, and adopts a pinned datapath in place.
 
 pub mod bpffs;
 pub mod flows;
@@ -11,13 +12,19 @@ pub mod pinned;
 pub mod tc;
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use aya::Ebpf;
+use dataplane_common::config::NatConfig;
 
 use self::{
     instance::{Instance, netns_label},
     options::Resolved,
     tc::AttachRecord,
 };
-use crate::{cli::AttachArgs, netlink::Netlink, privileges::require_root};
+use crate::{
+    cli::{AttachArgs, LinkType},
+    netlink::Netlink,
+    privileges::require_root,
+};
 
 /// Removes a half-made instance's pins unless disarmed: an `attach` that
 /// fails part-way leaves nothing behind.
@@ -48,38 +55,7 @@ pub async fn attach(netns: Option<&str>, args: &AttachArgs) -> Result<()> {
             instance.uplink
         );
     }
-    bpffs::ensure_mounted()?;
-    std::fs::create_dir_all(instance.dir())
-        .with_context(|| format!("creating {}", instance.dir().display()))?;
-    let mut pins = PinsGuard {
-        instance: &instance,
-        armed: true,
-    };
-
-    let mut ebpf = loader::load(&instance, &resolved)?;
-    let mut config = resolved.nat_config();
-    loader::configure(&mut ebpf, &config, &resolved)?;
-    let record = tc::attach(
-        &mut ebpf,
-        &netlink,
-        &instance,
-        resolved.uplink_ifindex,
-        args.link_type,
-    )
-    .await?;
-    record.store_in(&mut config);
-    if let Err(e) = loader::write_config(&mut ebpf, &config) {
-        let _ = tc::detach(
-            Some(&netlink),
-            &instance,
-            Some(resolved.uplink_ifindex),
-            &record,
-        )
-        .await;
-        return Err(e);
-    }
-    pins.armed = false;
-
+    let (_, config) = attach_fresh(&netlink, &instance, &resolved, args.link_type).await?;
     println!(
         "attached to {} ({:?}): masquerading {} to {} (ports {}), pinned in {}",
         resolved.uplink,
@@ -92,23 +68,93 @@ pub async fn attach(netns: Option<&str>, args: &AttachArgs) -> Result<()> {
     Ok(())
 }
 
+/// Loads, configures, attaches and pins a new datapath in `instance`'s
+/// (absent) folder; on error nothing is left behind. Returns the loaded
+/// object (dropping it leaves everything running through the pins) and the
+/// configuration written.
+pub async fn attach_fresh(
+    netlink: &Netlink,
+    instance: &Instance,
+    resolved: &Resolved,
+    link_type: LinkType,
+) -> Result<(Ebpf, NatConfig)> {
+    bpffs::ensure_mounted()?;
+    std::fs::create_dir_all(instance.dir())
+        .with_context(|| format!("creating {}", instance.dir().display()))?;
+    let mut pins = PinsGuard {
+        instance,
+        armed: true,
+    };
+
+    let mut ebpf = loader::load(instance, resolved)?;
+    let mut config = resolved.nat_config();
+    loader::configure(&mut ebpf, &config, resolved)?;
+    let record = tc::attach(
+        &mut ebpf,
+        netlink,
+        instance,
+        resolved.uplink_ifindex,
+        link_type,
+    )
+    .await?;
+    record.store_in(&mut config);
+    if let Err(e) = loader::write_config(&mut ebpf, &config) {
+        let _ = tc::detach(
+            Some(netlink),
+            instance,
+            Some(resolved.uplink_ifindex),
+            &record,
+        )
+        .await;
+        return Err(e);
+    }
+    pins.armed = false;
+    Ok((ebpf, config))
+}
+
+/// The first half of adopting a datapath pinned by an earlier `attach` or
+/// `run`: loads the embedded programs against the pinned maps (aya reuses
+/// maps pinned by name, so flows and counters are kept) and writes
+/// `resolved`'s configuration into them, keeping what cannot change under a
+/// running datapath: how it is attached and the table's size. The second
+/// half is [`tc::replace`], which swaps the programs in.
+pub fn load_adopting(
+    instance: &Instance,
+    resolved: &Resolved,
+    pinned: &NatConfig,
+) -> Result<(Ebpf, NatConfig)> {
+    let mut ebpf = loader::load(instance, resolved)?;
+    let mut config = resolved.nat_config();
+    config.ct_max = pinned.ct_max;
+    AttachRecord::from_config(pinned).store_in(&mut config);
+    loader::configure(&mut ebpf, &config, resolved)?;
+    Ok((ebpf, config))
+}
+
 pub async fn detach(netns: Option<&str>, uplink: Option<&str>) -> Result<()> {
     require_root("bpfmasq detach")?;
     let instance = Instance::find(&netns_label(netns)?, uplink)?;
     let netlink = Netlink::connect()?;
+    detach_instance(&netlink, &instance).await?;
+    println!(
+        "detached from {} in network namespace `{}`",
+        instance.uplink, instance.netns
+    );
+    Ok(())
+}
+
+/// Removes everything `instance` attached and pinned, as its CONFIG records.
+/// Keeps going past errors and reports them all at the end.
+pub async fn detach_instance(netlink: &Netlink, instance: &Instance) -> Result<()> {
     // The uplink may be gone (its namespace torn down): then only pins remain.
     let iface_index = netlink.link_index(&instance.uplink).await.ok();
-    let record = match pinned::read_config(&instance) {
+    let record = match pinned::read_config(instance) {
         Ok(config) => AttachRecord::from_config(&config),
         Err(_) => AttachRecord::default(),
     };
-    let mut errors = tc::detach(Some(&netlink), &instance, iface_index, &record).await;
+    let mut errors = tc::detach(Some(netlink), instance, iface_index, &record).await;
     errors.extend(instance.remove_pins().err());
     if errors.is_empty() {
-        println!(
-            "detached from {} in network namespace `{}`",
-            instance.uplink, instance.netns
-        );
         return Ok(());
     }
     let report: Vec<String> = errors.iter().map(|e| format!("{e:#}")).collect();

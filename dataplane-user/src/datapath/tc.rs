@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
     programs::{
-        Link as _, LinkOrder, TcAttachType,
+        Link as _, LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
         tc::{
             NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle, qdisc_add_clsact,
@@ -271,4 +271,120 @@ pub async fn detach(
         errors.extend(delete_clsact(netlink, index).await.err());
     }
     errors
+}
+
+/// Why the attachment recorded in `config` can no longer carry the uplink's
+/// traffic (`None`: it still can, as far as can be checked up front).
+/// `iface_index` is the uplink's current ifindex.
+pub fn defunct_reason(instance: &Instance, config: &NatConfig, iface_index: u32) -> Option<String> {
+    let iface = instance.uplink.as_str();
+    if config.uplink_ifindex != iface_index {
+        return Some(format!(
+            "it was attached to interface index {}, but `{iface}` now has index {iface_index} (the interface was re-created)",
+            config.uplink_ifindex
+        ));
+    }
+    match config.attach_mode() {
+        AttachMode::None => Some("its CONFIG records no attachment".to_owned()),
+        AttachMode::Tcx => UPLINK_HOOKS
+            .iter()
+            .find_map(|hook| tcx_hook_defunct(instance, hook)),
+        // A missing filter or qdisc shows when `replace` finds nothing to replace.
+        AttachMode::Clsact => None,
+    }
+}
+
+/// A pinned tcx link survives its interface (the link then points nowhere):
+/// it is live only if the interface lists the link's program on that hook.
+fn tcx_hook_defunct(instance: &Instance, hook: &Hook) -> Option<String> {
+    let iface = instance.uplink.as_str();
+    let pin = instance.pin(hook.link_pin);
+    let program_id = match PinnedLink::from_pin(&pin).map(FdLink::from) {
+        Ok(link) => match link.info() {
+            Ok(info) => info.program_id(),
+            Err(e) => return Some(format!("reading the link pinned at {}: {e}", pin.display())),
+        },
+        Err(e) => return Some(format!("its link {} cannot be opened: {e}", pin.display())),
+    };
+    match SchedClassifier::query_tcx(iface, hook.attach_type) {
+        Ok((_, programs)) if programs.iter().any(|p| p.id() == program_id) => None,
+        Ok(_) => Some(format!(
+            "its {:?} link ({}) is no longer attached to `{iface}`",
+            hook.attach_type,
+            pin.display()
+        )),
+        Err(e) => Some(format!(
+            "listing the tcx programs on `{iface}` ({:?}): {e}",
+            hook.attach_type
+        )),
+    }
+}
+
+/// Swaps the programs loaded in `ebpf` in for the ones attached as `record`
+/// says, without detaching anything: tcx links are updated in place
+/// (BPF_LINK_UPDATE), clsact filters are replaced at the same priority and
+/// handle (RTM_NEWTFILTER without NLM_F_CREATE, which fails if the filter is
+/// gone). Each hook switches atomically; packets see the old or the new program.
+pub fn replace(ebpf: &mut Ebpf, instance: &Instance, record: &AttachRecord) -> Result<()> {
+    let iface = instance.uplink.as_str();
+    for (hook, (priority, handle)) in UPLINK_HOOKS.iter().zip(record.filters) {
+        let program = classifier(ebpf, hook.program)?;
+        match record.mode {
+            Some(AttachMode::Tcx) => {
+                let pin = instance.pin(hook.link_pin);
+                let link: SchedClassifierLink = FdLink::from(
+                    PinnedLink::from_pin(&pin)
+                        .with_context(|| format!("opening {}", pin.display()))?,
+                )
+                .try_into()
+                .with_context(|| format!("{} is not a tcx link", pin.display()))?;
+                let id = program.attach_to_link(link).with_context(|| {
+                    format!(
+                        "updating the tcx link {} to the new {}",
+                        pin.display(),
+                        hook.program
+                    )
+                })?;
+                // The pin keeps the link, now running the new program; our fd can go.
+                drop(program.take_link(id)?);
+            }
+            Some(AttachMode::Clsact) => {
+                let link = SchedClassifierLink::attached(
+                    iface,
+                    hook.attach_type,
+                    priority,
+                    TcHandle::from(handle),
+                    None,
+                )
+                .with_context(|| format!("finding {iface}"))?;
+                let id = program.attach_to_link(link).with_context(|| {
+                    format!(
+                        "replacing the {:?} filter (priority {priority}, handle {handle:#x}) on {iface}",
+                        hook.attach_type
+                    )
+                })?;
+                // As in attach: dropping a netlink link would remove the filter.
+                std::mem::forget(program.take_link(id)?);
+                // The filter now holds the new program; the pin follows it
+                // (unpinning the old one lets the kernel free it).
+                let pin = instance.pin(hook.program_pin);
+                match std::fs::remove_file(&pin) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("unpinning {}", pin.display()));
+                    }
+                }
+                program
+                    .pin(&pin)
+                    .with_context(|| format!("pinning {}", pin.display()))?;
+            }
+            None | Some(AttachMode::None) => {
+                return Err(anyhow!(
+                    "the pinned datapath records no attachment to replace"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
