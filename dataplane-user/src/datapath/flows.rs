@@ -5,7 +5,8 @@
 use std::collections::HashMap as StdHashMap;
 
 use anyhow::{Context as _, Result};
-use aya::maps::{HashMap, MapData};
+use aya::maps::{HashMap, IterableMap as _, MapData};
+use super::batch;
 use dataplane_common::{
     conntrack::{FlowState, Timeouts, flow_state},
     flow::{Direction, FlowEntry, FlowKey},
@@ -53,13 +54,7 @@ pub struct Snapshot {
 pub fn snapshot(table: &ConntrackMap) -> Result<Snapshot> {
     let mut originals = Vec::new();
     let mut replies = StdHashMap::new();
-    for item in table.iter() {
-        // An entry removed between key and value lookup is simply skipped.
-        let (key, entry) = match item {
-            Ok(kv) => kv,
-            Err(aya::maps::MapError::KeyNotFound) => continue,
-            Err(e) => return Err(e).context("reading the conntrack map"),
-        };
+    for (key, entry) in read_entries(table)? {
         if entry.direction == Direction::Original as u8 {
             originals.push((key, entry));
         } else {
@@ -76,6 +71,26 @@ pub fn snapshot(table: &ConntrackMap) -> Result<Snapshot> {
         })
         .collect();
     Ok(Snapshot { flows, orphan_replies: replies.into_iter().collect(), entries })
+}
+
+/// Every entry: batched where the kernel can, else key by key.
+fn read_entries(table: &ConntrackMap) -> Result<Vec<(FlowKey, FlowEntry)>> {
+    match batch::lookup_all(table.map()) {
+        Ok(entries) => Ok(entries),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
+            let mut entries = Vec::new();
+            for item in table.iter() {
+                match item {
+                    Ok(kv) => entries.push(kv),
+                    // Removed between key and value lookup: skip it.
+                    Err(aya::maps::MapError::KeyNotFound) => continue,
+                    Err(e) => return Err(e).context("reading the conntrack map"),
+                }
+            }
+            Ok(entries)
+        }
+        Err(e) => Err(e).context("reading the conntrack map"),
+    }
 }
 
 /// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns() reads.

@@ -4,11 +4,15 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
-use dataplane_common::config::NatConfig;
+use anyhow::{Context as _, Result};
+use aya::maps::IterableMap as _;
+use dataplane_common::{config::NatConfig, flow::FlowKey};
 use serde::Serialize;
 
-use super::flows::{ConntrackMap, FlowView, monotonic_ns, snapshot};
+use super::{
+    batch,
+    flows::{ConntrackMap, FlowView, monotonic_ns, snapshot},
+};
 
 /// Orphan reply entries younger than this may belong to a flow being
 /// created right now (reply half inserted first): leave them alone.
@@ -37,21 +41,29 @@ pub fn sweep(table: &mut ConntrackMap, config: &NatConfig) -> Result<SweepReport
     let snapshot = snapshot(table)?;
     let now = monotonic_ns();
     let mut report = SweepReport { entries: snapshot.entries, flows: snapshot.flows.len(), ..Default::default() };
+    let mut doomed: Vec<&FlowView> = Vec::new();
     for flow in &snapshot.flows {
         if flow.original.rewrite_addr != config.nat_addr {
-            remove_flow(table, flow);
+            doomed.push(flow);
             report.rebound += 1;
         } else if flow.remaining_ns(&config.timeouts, now) == 0 && still_idle(table, flow) {
-            remove_flow(table, flow);
+            doomed.push(flow);
             report.expired += 1;
         }
     }
-    for (key, entry) in &snapshot.orphan_replies {
-        if now.saturating_sub(entry.created_ns) > ORPHAN_GRACE_NS {
-            let _ = table.remove(key);
-            report.orphans += 1;
-        }
-    }
+    // All original halves first, so the datapath stops using a mapping
+    // before its port is released; then the reply halves.
+    let originals: Vec<FlowKey> = doomed.iter().map(|f| f.key).collect();
+    let replies: Vec<FlowKey> = doomed.iter().map(|f| f.reply_key).collect();
+    batch::delete(table.map(), &originals).context("removing expired flows")?;
+    batch::delete(table.map(), &replies).context("removing expired flows' reply halves")?;
+    let orphans: Vec<FlowKey> = snapshot
+        .orphan_replies
+        .iter()
+        .filter(|(_, entry)| now.saturating_sub(entry.created_ns) > ORPHAN_GRACE_NS)
+        .map(|(key, _)| *key)
+        .collect();
+    report.orphans = batch::delete(table.map(), &orphans).context("removing orphan halves")?;
     report.duration = started.elapsed();
     Ok(report)
 }
@@ -60,11 +72,4 @@ pub fn sweep(table: &mut ConntrackMap, config: &NatConfig) -> Result<SweepReport
 /// since the snapshot keeps its flow.
 fn still_idle(table: &ConntrackMap, flow: &FlowView) -> bool {
     table.get(&flow.key, 0).is_ok_and(|now| now.last_seen_ns == flow.original.last_seen_ns)
-}
-
-/// Removes both halves; the original first, so the datapath stops using the
-/// mapping before its port is released. A half already gone is fine.
-fn remove_flow(table: &mut ConntrackMap, flow: &FlowView) {
-    let _ = table.remove(&flow.key);
-    let _ = table.remove(&flow.reply_key);
 }

@@ -2,6 +2,7 @@
 //! maps, attaches to the uplink and pins everything; `detach` undoes it.
 //! `bpfmasq run` reuses the steps, and adopts a pinned datapath in place.
 
+pub mod batch;
 pub mod bpffs;
 pub mod flows;
 pub mod gc;
