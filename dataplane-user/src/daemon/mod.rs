@@ -7,7 +7,7 @@
 //! Running, it expires flows and follows the uplink's address.
 
 mod addresses;
-mod lock;
+pub mod lock;
 
 use std::{net::Ipv4Addr, time::Duration};
 
