@@ -46,6 +46,8 @@ counters! {
     DropNoConfig = "drop_no_config",
     /// Dropped: rewriting the packet failed (helper error).
     DropRewrite = "drop_rewrite",
+    /// ICMP error quoting a masqueraded packet, translated back to its pod.
+    TranslatedIcmpError = "translated_icmp_error",
 }
 
 impl Counter {

@@ -8,6 +8,7 @@
 //! side converts with `u32::from_ne_bytes(ip.octets())` and friends.
 #![cfg_attr(not(test), no_std)]
 
+pub mod checksum;
 pub mod config;
 pub mod conntrack;
 pub mod counters;

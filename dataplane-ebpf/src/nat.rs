@@ -20,6 +20,7 @@ use dataplane_common::{
 
 use crate::{
     conntrack,
+    icmp_error::{self, Untranslated},
     counters::count,
     maps::{CONFIG, NO_MASQ},
     packet::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, Ipv4, ParseError, parse_ipv4, parse_transport},
@@ -109,6 +110,13 @@ pub fn unsnat(ctx: &TcContext) -> Result<i32, ()> {
     }
     let l4 = match parse_transport(ctx, &ip) {
         Ok(Some(l4)) if ip.proto != IPPROTO_ICMP || l4.icmp_type == ICMP_ECHO_REPLY => l4,
+        Ok(Some(l4)) if icmp_error::is_error(l4.icmp_type) => {
+            return match icmp_error::unsnat_error(ctx, &ip, cfg) {
+                Ok(()) => pass(Counter::TranslatedIcmpError),
+                Err(Untranslated::NotOurs) => pass(Counter::PassedNoFlow),
+                Err(Untranslated::RewriteFailed) => drop(Counter::DropRewrite),
+            };
+        }
         _ => return pass(Counter::PassedNoFlow),
     };
     let key = FlowKey::new(ip.src, ip.dst, l4.src_port, l4.dst_port, ip.proto);

@@ -101,8 +101,8 @@ pub fn parse_ipv4(ctx: &TcContext) -> Result<Ipv4, ParseError> {
     })
 }
 
-/// Reads the ports (TCP/UDP) or the echo identifier (ICMP echo), or `None`
-/// for protocols and ICMP types NAT does not translate.
+/// Reads the ports (TCP/UDP) or the echo identifier (ICMP echo; 0 for other
+/// ICMP types), or `None` for protocols NAT does not translate.
 #[inline(always)]
 pub fn parse_transport(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Transport>, ParseError> {
     match ip.proto {
@@ -127,10 +127,11 @@ pub fn parse_transport(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Transport>, 
         IPPROTO_ICMP => {
             let icmp: [u8; L4_PREFIX] = load(ctx, ip.l4_off)?;
             let id = u16::from_ne_bytes([icmp[4], icmp[5]]);
+            // Other types (errors) carry no flow identifier of their own.
             let (src_port, dst_port) = match icmp[0] {
                 ICMP_ECHO_REQUEST => (id, 0),
                 ICMP_ECHO_REPLY => (0, id),
-                _ => return Ok(None),
+                _ => (0, 0),
             };
             Ok(Some(Transport {
                 src_port,
