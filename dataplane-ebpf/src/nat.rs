@@ -5,6 +5,7 @@
 //! reason other than an excluded destination is dropped (TC_ACT_SHOT) and
 //! counted; it never leaves with its pod source address.
 
+use aya_log_ebpf::warn;
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
@@ -19,7 +20,7 @@ use dataplane_common::{
 };
 
 use crate::{
-    conntrack,
+    conntrack::{self, FlowError},
     icmp_error::{self, Untranslated},
     counters::count,
     maps::{CONFIG, NO_MASQ},
@@ -85,7 +86,16 @@ pub fn snat(ctx: &TcContext) -> Result<i32, ()> {
     let now = unsafe { bpf_ktime_get_ns() };
     let entry = match conntrack::original_entry(&key, cfg, now) {
         Ok(entry) => entry,
-        Err(e) => return drop(e.counter()),
+        Err(e) => {
+            // Rare and worth an operator's attention, like nf_conntrack's
+            // "table full, dropping packet": `bpfmasq run` prints these.
+            let pod = u32::from_be(ip.src);
+            match e {
+                FlowError::TableFull => warn!(ctx, "conntrack table full, dropping a new flow from {:i}", pod),
+                FlowError::NoPort => warn!(ctx, "no free port left, dropping a new flow from {:i}", pod),
+            }
+            return drop(e.counter());
+        }
     };
     let seen = seen_bits(l4.tcp_flags);
     conntrack::restart_if_reused(&key, entry, seen);

@@ -8,6 +8,7 @@
 
 mod addresses;
 pub mod lock;
+mod logs;
 
 use std::{net::Ipv4Addr, time::Duration};
 
@@ -22,7 +23,10 @@ use tokio::{
     time::MissedTickBehavior,
 };
 
-use self::addresses::{AddressWatch, primary_ipv4};
+use self::{
+    addresses::{AddressWatch, primary_ipv4},
+    logs::DatapathLog,
+};
 use crate::{
     cli::{InstanceArgs, LinkType, RunArgs},
     datapath::{
@@ -55,6 +59,13 @@ pub async fn run(netns: Option<&str>, args: &RunArgs) -> Result<()> {
 
     let started = start(&netlink, &instance, &resolved, args.attach.link_type).await?;
     println!("{}", started.describe(&instance, args, follow));
+    let mut datapath_log = match DatapathLog::open(started.program_ids[0]) {
+        Ok(log) => Some(log),
+        Err(e) => {
+            eprintln!("bpfmasq run: warning: {e:#}; datapath messages will not be shown");
+            None
+        }
+    };
     let mut daemon = Daemon {
         table: pinned::conntrack(&instance)?,
         instance,
@@ -73,6 +84,12 @@ pub async fn run(netns: Option<&str>, args: &RunArgs) -> Result<()> {
             name = signals.recv() => break name,
             _ = gc_timer.tick() => {
                 daemon.sweep()?;
+            }
+            forwarded = forward_log(&mut datapath_log) => {
+                if let Err(e) = forwarded {
+                    eprintln!("bpfmasq run: warning: {e:#}; no longer showing datapath messages");
+                    datapath_log = None;
+                }
             }
             changed = address_changed(&mut watch, daemon.uplink_ifindex) => match changed {
                 Ok(()) => daemon.follow_address(&netlink).await?,
@@ -105,6 +122,14 @@ pub async fn run(netns: Option<&str>, args: &RunArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Forwards datapath messages; never ready when there is no log ring.
+async fn forward_log(log: &mut Option<DatapathLog>) -> Result<()> {
+    match log {
+        Some(log) => log.forward().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// SIGINT and SIGTERM, the two ways to stop the daemon cleanly.
