@@ -53,3 +53,30 @@ fn udp_to_a_closed_port_is_refused_inside_the_container() {
         dp.diagnostics()
     );
 }
+
+#[test]
+fn the_hosts_own_time_exceeded_reaches_the_container() {
+    let lab = Lab::up("ttl", 1);
+    let dp = Datapath::attach(&lab);
+    // TTL 1 expires at the host (hop 1), which answers the pod directly.
+    let out = lab.exec(
+        &container(1),
+        &[
+            "ping",
+            "-n",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-t",
+            "1",
+            &OUTSIDE_ADDR.to_string(),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Time to live exceeded") && text.contains("10.85.0.1"),
+        "c1 did not get the host's time-exceeded: {text}\n{}",
+        dp.diagnostics()
+    );
+}
