@@ -5,6 +5,7 @@
 //! throwaway lab, [`lint`] checks formatting and clippy. [`cmd`] runs commands
 //! and echoes them, [`ui`] prints the headings, [`workspace`] knows the paths.
 
+mod bench;
 mod build;
 mod cmd;
 mod demo;
@@ -61,6 +62,12 @@ enum Command {
     /// to the peer, prints the NAT table and counters, shows that no iptables or nftables
     /// NAT rule exists, and always removes the lab again (also on failure or Ctrl-C).
     Demo(demo::DemoArgs),
+    /// Run setup and build, then `bpfmasq bench` with ARGS: bpfmasq against iptables and
+    /// nftables masquerade on one lab, interleaved (needs root; see BENCHMARKS.md).
+    ///
+    /// `cargo xtask bench -- --quick` is the two-minute smoke run; without arguments the
+    /// full run (about 11 minutes on 2 CPUs) writes bench-results/bench.svg.
+    Bench(bench::BenchArgs),
     /// Check formatting (rustfmt) and lints (clippy, for the user-side crates and the eBPF crate).
     Lint,
 }
@@ -72,6 +79,7 @@ fn main() -> ExitCode {
         Command::Build => build::run().map(drop),
         Command::Test(args) => test::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Bench(args) => bench::run(&args),
         Command::Lint => lint::run(),
     };
     match result {

@@ -18,7 +18,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{cmd::Cmd, ui, workspace};
 
-/// Debian packages the e2e tests and the demo run.
+/// Debian packages the e2e tests, the demo and the bench run.
 const PACKAGES: &[&str] = &[
     "iproute2",
     "iptables",
@@ -29,6 +29,10 @@ const PACKAGES: &[&str] = &[
     "iperf3",
     "python3-scapy",
     "procps",
+    // `bpfmasq bench` (util-linux's taskset is essential, always there).
+    "wrk",
+    "nginx-light",
+    "sockperf",
 ];
 
 /// The bpf-linker release known to work with aya 0.14 and LLVM 21-23.
