@@ -14,10 +14,10 @@ use std::{
 
 use serde_json::Value;
 
+pub use crate::datapath::host_json;
 use crate::{
     lab::Lab,
-    process::describe,
-    product::{bin, bpfmasq},
+    product::bin,
     topology::{BRIDGE, UPLINK},
 };
 
@@ -259,27 +259,6 @@ pub fn eventually<T>(
         );
         thread::sleep(POLL);
     }
-}
-
-/// `bpfmasq --netns NAME-host VERB...`, parsed as JSON; panics if the command
-/// fails or prints no JSON.
-pub fn host_json(lab: &Lab, verb: &[&str]) -> Value {
-    let mut args = vec!["--netns".to_owned(), lab.host_ns()];
-    args.extend(verb.iter().map(|s| s.to_string()));
-    let out = bpfmasq(&args);
-    assert!(
-        out.status.success(),
-        "`bpfmasq {}` failed: {}",
-        args.join(" "),
-        describe(&out)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "`bpfmasq {}` printed no valid JSON ({e}): {}",
-            args.join(" "),
-            describe(&out)
-        )
-    })
 }
 
 /// `conntrack list --json` of the lab's datapath: one JSON object per flow.

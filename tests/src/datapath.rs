@@ -96,22 +96,7 @@ impl<'lab> Datapath<'lab> {
     }
 
     fn json(&self, verb: &[&str]) -> Value {
-        let mut args = vec!["--netns".to_owned(), self.lab.host_ns()];
-        args.extend(verb.iter().map(|s| s.to_string()));
-        let out = bpfmasq(&args);
-        assert!(
-            out.status.success(),
-            "`bpfmasq {}` failed: {}",
-            args.join(" "),
-            describe(&out)
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "`bpfmasq {}` printed no valid JSON ({e}): {}",
-                args.join(" "),
-                describe(&out)
-            )
-        })
+        host_json(self.lab, verb)
     }
 
     /// The datapath's counters and flows as text, for assertion messages; never panics.
@@ -199,4 +184,25 @@ mod tests {
         assert_eq!(counter(&list, "translated_in"), Some(1));
         assert_eq!(counter(&list, "translated_out"), None);
     }
+}
+
+/// `bpfmasq --netns NAME-host VERB...`, parsed as JSON; panics if the command
+/// fails or prints no JSON.
+pub fn host_json(lab: &Lab, verb: &[&str]) -> Value {
+    let mut args = vec!["--netns".to_owned(), lab.host_ns()];
+    args.extend(verb.iter().map(|s| s.to_string()));
+    let out = bpfmasq(&args);
+    assert!(
+        out.status.success(),
+        "`bpfmasq {}` failed: {}",
+        args.join(" "),
+        describe(&out)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "`bpfmasq {}` printed no valid JSON ({e}): {}",
+            args.join(" "),
+            describe(&out)
+        )
+    })
 }

@@ -7,9 +7,8 @@ use std::net::SocketAddrV4;
 
 use bpfmasq_e2e::{
     Datapath, Lab,
+    datapath::host_json,
     echo::{self, show},
-    process::describe,
-    product::bpfmasq,
     topology::{HOST_UPLINK_ADDR, OUT, OUTSIDE_ADDR, container, container_addr},
     udp::{self, UdpEchoServer},
 };
@@ -23,23 +22,9 @@ fn out_udp() -> SocketAddrV4 {
 
 /// `bpfmasq --netns <host> ARGS --json`, parsed.
 fn json(lab: &Lab, args: &[&str]) -> Value {
-    let mut all = vec!["--netns".to_owned(), lab.host_ns()];
-    all.extend(args.iter().map(|s| s.to_string()));
-    all.push("--json".to_owned());
-    let out = bpfmasq(&all);
-    assert!(
-        out.status.success(),
-        "`bpfmasq {}` failed: {}",
-        all.join(" "),
-        describe(&out)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "`bpfmasq {}` printed no JSON ({e}): {}",
-            all.join(" "),
-            describe(&out)
-        )
-    })
+    let mut verb = args.to_vec();
+    verb.push("--json");
+    host_json(lab, &verb)
 }
 
 /// UDP request from container `c` to the outside peer; asserts the answer.
