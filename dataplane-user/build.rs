@@ -19,8 +19,13 @@ fn main() -> anyhow::Result<()> {
         );
         fs::write(out_dir.join(EBPF_BIN), b"").context("writing placeholder eBPF object")?;
         // Build again once `cargo xtask setup` has installed the linker.
-        if let Some(home) = env::var_os("CARGO_HOME").or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo").into())) {
-            println!("cargo:rerun-if-changed={}", PathBuf::from(home).join("bin/bpf-linker").display());
+        if let Some(home) = env::var_os("CARGO_HOME")
+            .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo").into()))
+        {
+            println!(
+                "cargo:rerun-if-changed={}",
+                PathBuf::from(home).join("bin/bpf-linker").display()
+            );
         }
         return Ok(());
     }

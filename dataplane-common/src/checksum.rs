@@ -31,7 +31,10 @@ mod tests {
 
     /// The Internet checksum of `data`, stored as it would lie in memory.
     fn checksum(data: &[u8]) -> u16 {
-        let mut sum: u32 = data.chunks(2).map(|c| u16::from_ne_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
+        let mut sum: u32 = data
+            .chunks(2)
+            .map(|c| u16::from_ne_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
+            .sum();
         while sum > 0xffff {
             sum = (sum & 0xffff) + (sum >> 16);
         }
@@ -40,16 +43,24 @@ mod tests {
 
     #[test]
     fn incremental_update_equals_recomputation() {
-        let mut data = [0x45u8, 0, 0, 28, 0x12, 0x34, 0, 0, 64, 17, 0, 0, 192, 168, 61, 11, 192, 168, 61, 12];
+        let mut data = [
+            0x45u8, 0, 0, 28, 0x12, 0x34, 0, 0, 64, 17, 0, 0, 192, 168, 61, 11, 192, 168, 61, 12,
+        ];
         let check = checksum(&data);
         let old = u32::from_ne_bytes([data[12], data[13], data[14], data[15]]);
         let new_bytes = [10u8, 85, 0, 2];
         data[12..16].copy_from_slice(&new_bytes);
-        assert_eq!(replace32(check, old, u32::from_ne_bytes(new_bytes)), checksum(&data));
+        assert_eq!(
+            replace32(check, old, u32::from_ne_bytes(new_bytes)),
+            checksum(&data)
+        );
 
         let old_word = u16::from_ne_bytes([data[4], data[5]]);
         let updated = replace32(check, old, u32::from_ne_bytes(new_bytes));
         data[4..6].copy_from_slice(&[0xab, 0xcd]);
-        assert_eq!(replace16(updated, old_word, u16::from_ne_bytes([0xab, 0xcd])), checksum(&data));
+        assert_eq!(
+            replace16(updated, old_word, u16::from_ne_bytes([0xab, 0xcd])),
+            checksum(&data)
+        );
     }
 }

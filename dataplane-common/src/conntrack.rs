@@ -74,7 +74,11 @@ impl FlowState {
 /// original and reply entries and whether any reply was seen.
 pub const fn flow_state(proto: u8, original: u8, reply: u8, replied: bool) -> FlowState {
     if proto != IPPROTO_TCP {
-        return if replied { FlowState::Replied } else { FlowState::Unreplied };
+        return if replied {
+            FlowState::Replied
+        } else {
+            FlowState::Unreplied
+        };
     }
     if (original | reply) & SEEN_RST != 0 {
         FlowState::TcpClose
@@ -197,21 +201,42 @@ mod tests {
 
     #[test]
     fn tcp_handshake_and_teardown() {
-        assert_eq!(flow_state(IPPROTO_TCP, SYN, 0, false), FlowState::TcpSynSent);
-        assert_eq!(flow_state(IPPROTO_TCP, SYN, SYNACK, true), FlowState::TcpSynRecv);
-        assert_eq!(flow_state(IPPROTO_TCP, SYN | ACK, SYNACK, true), FlowState::TcpEstablished);
-        assert_eq!(flow_state(IPPROTO_TCP, SYN | ACK | SEEN_FIN, SYNACK, true), FlowState::TcpFinWait);
-        assert_eq!(flow_state(IPPROTO_TCP, SYN | ACK, SYNACK | SEEN_FIN, true), FlowState::TcpCloseWait);
+        assert_eq!(
+            flow_state(IPPROTO_TCP, SYN, 0, false),
+            FlowState::TcpSynSent
+        );
+        assert_eq!(
+            flow_state(IPPROTO_TCP, SYN, SYNACK, true),
+            FlowState::TcpSynRecv
+        );
+        assert_eq!(
+            flow_state(IPPROTO_TCP, SYN | ACK, SYNACK, true),
+            FlowState::TcpEstablished
+        );
+        assert_eq!(
+            flow_state(IPPROTO_TCP, SYN | ACK | SEEN_FIN, SYNACK, true),
+            FlowState::TcpFinWait
+        );
+        assert_eq!(
+            flow_state(IPPROTO_TCP, SYN | ACK, SYNACK | SEEN_FIN, true),
+            FlowState::TcpCloseWait
+        );
         assert_eq!(
             flow_state(IPPROTO_TCP, ACK | SEEN_FIN, ACK | SEEN_FIN, true),
             FlowState::TcpTimeWait
         );
-        assert_eq!(flow_state(IPPROTO_TCP, ACK, SEEN_RST, true), FlowState::TcpClose);
+        assert_eq!(
+            flow_state(IPPROTO_TCP, ACK, SEEN_RST, true),
+            FlowState::TcpClose
+        );
     }
 
     #[test]
     fn flows_picked_up_mid_stream_are_established() {
-        assert_eq!(flow_state(IPPROTO_TCP, ACK, ACK, true), FlowState::TcpEstablished);
+        assert_eq!(
+            flow_state(IPPROTO_TCP, ACK, ACK, true),
+            FlowState::TcpEstablished
+        );
     }
 
     #[test]

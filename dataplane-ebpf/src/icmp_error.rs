@@ -25,7 +25,10 @@ const ICMP_HEADER_LEN: usize = 8;
 const IPV4_HEADER_LEN: usize = 20;
 
 pub fn is_error(icmp_type: u8) -> bool {
-    matches!(icmp_type, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM)
+    matches!(
+        icmp_type,
+        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM
+    )
 }
 
 /// Why an ICMP error was not translated.
@@ -94,11 +97,13 @@ pub fn unsnat_error(ctx: &TcContext, ip: &Ipv4, cfg: &NatConfig) -> Result<(), U
     let entry = conntrack::reply_entry(&quoted.reply_key).ok_or(Untranslated::NotOurs)?;
     // SAFETY: map value pointer, valid for this run.
     let (pod_addr, pod_port) = unsafe { ((*entry).rewrite_addr, (*entry).rewrite_port) };
-    rewrite_quoted(ctx, ip, &quoted, cfg.nat_addr, (pod_addr, pod_port)).map_err(|_| Untranslated::RewriteFailed)?;
+    rewrite_quoted(ctx, ip, &quoted, cfg.nat_addr, (pod_addr, pod_port))
+        .map_err(|_| Untranslated::RewriteFailed)?;
     // Outer destination: the IPv4 header checksum only (ICMP has no pseudo-header).
     ctx.l3_csum_replace(ip.l3_off + 10, cfg.nat_addr as u64, pod_addr as u64, 4)
         .map_err(|_| Untranslated::RewriteFailed)?;
-    ctx.store(ip.l3_off + 16, &pod_addr, 0).map_err(|_| Untranslated::RewriteFailed)?;
+    ctx.store(ip.l3_off + 16, &pod_addr, 0)
+        .map_err(|_| Untranslated::RewriteFailed)?;
     Ok(())
 }
 

@@ -5,13 +5,13 @@
 //! reason other than an excluded destination is dropped (TC_ACT_SHOT) and
 //! counted; it never leaves with its pod source address.
 
-use aya_log_ebpf::warn;
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
     maps::lpm_trie::Key,
     programs::TcContext,
 };
+use aya_log_ebpf::warn;
 use dataplane_common::{
     config::NatConfig,
     conntrack::seen_bits,
@@ -21,8 +21,8 @@ use dataplane_common::{
 
 use crate::{
     conntrack::{self, FlowError},
-    icmp_error::{self, Untranslated},
     counters::count,
+    icmp_error::{self, Untranslated},
     maps::{CONFIG, NO_MASQ},
     packet::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, Ipv4, ParseError, parse_ipv4, parse_transport},
     rewrite::{Endpoint, rewrite},
@@ -91,8 +91,13 @@ pub fn snat(ctx: &TcContext) -> Result<i32, ()> {
             // "table full, dropping packet": `bpfmasq run` prints these.
             let pod = u32::from_be(ip.src);
             match e {
-                FlowError::TableFull => warn!(ctx, "conntrack table full, dropping a new flow from {:i}", pod),
-                FlowError::NoPort => warn!(ctx, "no free port left, dropping a new flow from {:i}", pod),
+                FlowError::TableFull => warn!(
+                    ctx,
+                    "conntrack table full, dropping a new flow from {:i}", pod
+                ),
+                FlowError::NoPort => {
+                    warn!(ctx, "no free port left, dropping a new flow from {:i}", pod)
+                }
             }
             return drop(e.counter());
         }
@@ -100,7 +105,15 @@ pub fn snat(ctx: &TcContext) -> Result<i32, ()> {
     let seen = seen_bits(l4.tcp_flags);
     conntrack::restart_if_reused(&key, entry, seen);
     let old = (ip.src, l4.src_port);
-    apply(ctx, &ip, Endpoint::Source, old, entry, (now, seen), Counter::TranslatedOut)
+    apply(
+        ctx,
+        &ip,
+        Endpoint::Source,
+        old,
+        entry,
+        (now, seen),
+        Counter::TranslatedOut,
+    )
 }
 
 /// Translates a reply arriving at the NAT address back to its pod.
@@ -137,7 +150,15 @@ pub fn unsnat(ctx: &TcContext) -> Result<i32, ()> {
     let now = unsafe { bpf_ktime_get_ns() };
     let old = (ip.dst, l4.dst_port);
     let seen = seen_bits(l4.tcp_flags);
-    apply(ctx, &ip, Endpoint::Destination, old, entry, (now, seen), Counter::TranslatedIn)
+    apply(
+        ctx,
+        &ip,
+        Endpoint::Destination,
+        old,
+        entry,
+        (now, seen),
+        Counter::TranslatedIn,
+    )
 }
 
 /// Rewrites `endpoint` from `old` (address, port) to what `entry` says,
@@ -155,7 +176,15 @@ fn apply(
 ) -> Result<i32, ()> {
     // SAFETY: map value pointer, valid for this run.
     let (new_addr, new_port) = unsafe { ((*entry).rewrite_addr, (*entry).rewrite_port) };
-    if rewrite(ctx, ip, endpoint, (old_addr, new_addr), (old_port, new_port)).is_err() {
+    if rewrite(
+        ctx,
+        ip,
+        endpoint,
+        (old_addr, new_addr),
+        (old_port, new_port),
+    )
+    .is_err()
+    {
         return drop(Counter::DropRewrite);
     }
     conntrack::touch(entry, now, ctx.len(), seen);

@@ -2,12 +2,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use bpfmasq::{
+    bench,
     cli::{Cli, Command, ConntrackCommand, LabCommand},
-    bench, daemon, datapath, inspect, lab,
+    daemon, datapath, inspect, lab,
     netns::NetNs,
 };
 use clap::Parser as _;
-
 
 fn main() -> ExitCode {
     // Like any Unix filter: `bpfmasq conntrack list | head` ends quietly.
@@ -32,7 +32,9 @@ fn usage_error(error: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     if matches!(
         error.kind(),
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
     ) {
         error.exit();
     }
@@ -44,7 +46,10 @@ fn usage_error(error: clap::Error) -> ExitCode {
         .filter(|line| !line.is_empty())
         .collect();
     let message = message.join(" ");
-    eprintln!("bpfmasq: {} (see --help)", message.trim_start_matches("error: "));
+    eprintln!(
+        "bpfmasq: {} (see --help)",
+        message.trim_start_matches("error: ")
+    );
     ExitCode::from(2)
 }
 
@@ -75,9 +80,15 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Detach(args) => {
             datapath::detach(cli.netns.as_deref(), args.uplink.as_deref()).await
         }
-        Command::Conntrack(ConntrackCommand::List(args)) => inspect::conntrack_list(cli.netns.as_deref(), &args),
-        Command::Conntrack(ConntrackCommand::Count(args)) => inspect::conntrack_count(cli.netns.as_deref(), &args),
-        Command::Conntrack(ConntrackCommand::Flush(args)) => inspect::conntrack_flush(cli.netns.as_deref(), &args),
+        Command::Conntrack(ConntrackCommand::List(args)) => {
+            inspect::conntrack_list(cli.netns.as_deref(), &args)
+        }
+        Command::Conntrack(ConntrackCommand::Count(args)) => {
+            inspect::conntrack_count(cli.netns.as_deref(), &args)
+        }
+        Command::Conntrack(ConntrackCommand::Flush(args)) => {
+            inspect::conntrack_flush(cli.netns.as_deref(), &args)
+        }
         Command::Stats(args) => inspect::stats(cli.netns.as_deref(), &args).await,
         Command::Status(args) => inspect::status(cli.netns.as_deref(), &args),
         Command::Gc(args) => daemon::gc_once(cli.netns.as_deref(), &args),

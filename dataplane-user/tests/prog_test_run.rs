@@ -426,8 +426,17 @@ fn host_and_excluded_traffic_pass_untouched() {
 
 #[test]
 fn icmp_error_quoting_a_masqueraded_packet_goes_back_to_the_pod() {
-    let mut p = Programs::load("icmperr", PortRange { min: 2000, max: 2000 });
-    let (_, out) = p.run(maps::PROG_UPLINK_EGRESS, &frame(POD1, PEER, 17, udp(40000, 53, b"query"), 0, false));
+    let mut p = Programs::load(
+        "icmperr",
+        PortRange {
+            min: 2000,
+            max: 2000,
+        },
+    );
+    let (_, out) = p.run(
+        maps::PROG_UPLINK_EGRESS,
+        &frame(POD1, PEER, 17, udp(40000, 53, b"query"), 0, false),
+    );
     let out = parse_and_verify(&out);
     assert_eq!((out.src, out.sport), (NAT, 2000));
 
@@ -435,15 +444,26 @@ fn icmp_error_quoting_a_masqueraded_packet_goes_back_to_the_pod() {
     let quoted = frame(NAT, PEER, 17, udp(2000, 53, b"query"), 0, false)[ETH_LEN..].to_vec();
     let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
     icmp.extend(&quoted);
-    let (verdict, back) = p.run(maps::PROG_UPLINK_INGRESS, &frame(PEER, NAT, 1, icmp, 0, false));
+    let (verdict, back) = p.run(
+        maps::PROG_UPLINK_INGRESS,
+        &frame(PEER, NAT, 1, icmp, 0, false),
+    );
     assert_eq!(verdict, TC_ACT_OK);
     let outer = parse_and_verify(&back);
     assert_eq!(outer.dst, POD1, "outer destination back to the pod");
 
     let inner = &back[ETH_LEN + IP_LEN + 8..];
-    assert_eq!(checksum(&inner[..IP_LEN]), 0, "quoted IPv4 header checksum invalid");
+    assert_eq!(
+        checksum(&inner[..IP_LEN]),
+        0,
+        "quoted IPv4 header checksum invalid"
+    );
     let inner = parse_and_verify(&[&back[..ETH_LEN], inner].concat());
-    assert_eq!((inner.src, inner.sport, inner.dst, inner.dport), (POD1, 40000, PEER, 53), "quoted packet as the pod sent it");
+    assert_eq!(
+        (inner.src, inner.sport, inner.dst, inner.dport),
+        (POD1, 40000, PEER, 53),
+        "quoted packet as the pod sent it"
+    );
     assert_eq!(p.counter(Counter::TranslatedIcmpError), 1);
 
     // An error quoting nothing of ours is left to the host, untouched.
@@ -451,5 +471,8 @@ fn icmp_error_quoting_a_masqueraded_packet_goes_back_to_the_pod() {
     let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
     icmp.extend(&stranger);
     let unrelated = frame(PEER, NAT, 1, icmp, 0, false);
-    assert_eq!(p.run(maps::PROG_UPLINK_INGRESS, &unrelated), (TC_ACT_OK, unrelated.clone()));
+    assert_eq!(
+        p.run(maps::PROG_UPLINK_INGRESS, &unrelated),
+        (TC_ACT_OK, unrelated.clone())
+    );
 }

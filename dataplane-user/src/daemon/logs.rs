@@ -17,7 +17,11 @@ impl log::Log for StderrLog {
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        eprintln!("bpfmasq run: datapath {}: {}", record.level().as_str().to_lowercase(), record.args());
+        eprintln!(
+            "bpfmasq run: datapath {}: {}",
+            record.level().as_str().to_lowercase(),
+            record.args()
+        );
     }
 
     fn flush(&self) {}
@@ -43,7 +47,11 @@ impl DatapathLog {
 
     /// Waits for messages and prints them.
     pub async fn forward(&mut self) -> Result<()> {
-        let mut ready = self.ring.readable_mut().await.context("waiting for datapath log messages")?;
+        let mut ready = self
+            .ring
+            .readable_mut()
+            .await
+            .context("waiting for datapath log messages")?;
         ready.get_inner_mut().flush();
         ready.clear_ready();
         Ok(())

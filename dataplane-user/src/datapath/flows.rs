@@ -4,9 +4,9 @@
 
 use std::collections::HashMap as StdHashMap;
 
+use super::batch;
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, IterableMap as _, MapData};
-use super::batch;
 use dataplane_common::{
     conntrack::{FlowState, Timeouts, flow_state},
     flow::{Direction, FlowEntry, FlowKey},
@@ -26,17 +26,25 @@ pub struct FlowView {
 impl FlowView {
     pub fn state(&self) -> FlowState {
         let reply = self.reply.unwrap_or_default();
-        flow_state(self.key.proto, self.original.state, reply.state, reply.packets > 0)
+        flow_state(
+            self.key.proto,
+            self.original.state,
+            reply.state,
+            reply.packets > 0,
+        )
     }
 
     /// Last packet in either direction (bpf_ktime_get_ns clock).
     pub fn last_seen_ns(&self) -> u64 {
-        self.reply.map_or(self.original.last_seen_ns, |r| r.last_seen_ns.max(self.original.last_seen_ns))
+        self.reply.map_or(self.original.last_seen_ns, |r| {
+            r.last_seen_ns.max(self.original.last_seen_ns)
+        })
     }
 
     /// Nanoseconds left before the flow expires (0: expired).
     pub fn remaining_ns(&self, timeouts: &Timeouts, now_ns: u64) -> u64 {
-        let timeout_ns = u64::from(timeouts.for_state(self.key.proto, self.state())) * 1_000_000_000;
+        let timeout_ns =
+            u64::from(timeouts.for_state(self.key.proto, self.state())) * 1_000_000_000;
         (self.last_seen_ns() + timeout_ns).saturating_sub(now_ns)
     }
 }
@@ -67,10 +75,19 @@ pub fn snapshot(table: &ConntrackMap) -> Result<Snapshot> {
         .map(|(key, original)| {
             let reply_key = key.reply_after_snat(original.rewrite_addr, original.rewrite_port);
             let reply = replies.remove(&reply_key);
-            FlowView { key, original, reply_key, reply }
+            FlowView {
+                key,
+                original,
+                reply_key,
+                reply,
+            }
         })
         .collect();
-    Ok(Snapshot { flows, orphan_replies: replies.into_iter().collect(), entries })
+    Ok(Snapshot {
+        flows,
+        orphan_replies: replies.into_iter().collect(),
+        entries,
+    })
 }
 
 /// Every entry: batched where the kernel can, else key by key.
@@ -95,6 +112,7 @@ fn read_entries(table: &ConntrackMap) -> Result<Vec<(FlowKey, FlowEntry)>> {
 
 /// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns() reads.
 pub fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map_or(0, |now| now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64)
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |now| {
+        now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+    })
 }

@@ -40,7 +40,11 @@ pub fn sweep(table: &mut ConntrackMap, config: &NatConfig) -> Result<SweepReport
     let started = Instant::now();
     let snapshot = snapshot(table)?;
     let now = monotonic_ns();
-    let mut report = SweepReport { entries: snapshot.entries, flows: snapshot.flows.len(), ..Default::default() };
+    let mut report = SweepReport {
+        entries: snapshot.entries,
+        flows: snapshot.flows.len(),
+        ..Default::default()
+    };
     let mut doomed: Vec<&FlowView> = Vec::new();
     for flow in &snapshot.flows {
         if flow.original.rewrite_addr != config.nat_addr {
@@ -71,5 +75,7 @@ pub fn sweep(table: &mut ConntrackMap, config: &NatConfig) -> Result<SweepReport
 /// Re-reads the original entry just before removal: a packet that arrived
 /// since the snapshot keeps its flow.
 fn still_idle(table: &ConntrackMap, flow: &FlowView) -> bool {
-    table.get(&flow.key, 0).is_ok_and(|now| now.last_seen_ns == flow.original.last_seen_ns)
+    table
+        .get(&flow.key, 0)
+        .is_ok_and(|now| now.last_seen_ns == flow.original.last_seen_ns)
 }

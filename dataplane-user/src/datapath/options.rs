@@ -58,8 +58,9 @@ impl FromStr for TimeoutOverride {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (name, seconds) =
-            s.split_once('=').ok_or_else(|| format!("`{s}` is not NAME=SECONDS, e.g. udp-unreplied=30"))?;
+        let (name, seconds) = s
+            .split_once('=')
+            .ok_or_else(|| format!("`{s}` is not NAME=SECONDS, e.g. udp-unreplied=30"))?;
         let seconds: u32 = seconds
             .trim()
             .parse()
@@ -67,10 +68,20 @@ impl FromStr for TimeoutOverride {
             .filter(|&v| v > 0)
             .ok_or_else(|| format!("`{seconds}` is not a number of seconds (1 or more)"))?;
         if !Timeouts::default().set(name, seconds) {
-            let names: Vec<&str> = Timeouts::default().named().iter().map(|(n, _)| *n).collect();
-            return Err(format!("unknown timeout `{name}`; one of: {}", names.join(", ")));
+            let names: Vec<&str> = Timeouts::default()
+                .named()
+                .iter()
+                .map(|(n, _)| *n)
+                .collect();
+            return Err(format!(
+                "unknown timeout `{name}`; one of: {}",
+                names.join(", ")
+            ));
         }
-        Ok(Self { name: name.to_owned(), seconds })
+        Ok(Self {
+            name: name.to_owned(),
+            seconds,
+        })
     }
 }
 

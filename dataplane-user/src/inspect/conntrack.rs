@@ -70,12 +70,27 @@ fn flow(view: &FlowView, timeouts: &Timeouts, now: u64) -> Flow {
     let back = view.reply.unwrap_or_default();
     Flow {
         proto: proto_name(key.proto),
-        src: Endpoint { addr: addr(key.src_addr), port: u16::from_be(key.src_port) },
-        dst: Endpoint { addr: addr(key.dst_addr), port: u16::from_be(key.dst_port) },
-        translated: Endpoint { addr: addr(out.rewrite_addr), port: u16::from_be(out.rewrite_port) },
+        src: Endpoint {
+            addr: addr(key.src_addr),
+            port: u16::from_be(key.src_port),
+        },
+        dst: Endpoint {
+            addr: addr(key.dst_addr),
+            port: u16::from_be(key.dst_port),
+        },
+        translated: Endpoint {
+            addr: addr(out.rewrite_addr),
+            port: u16::from_be(out.rewrite_port),
+        },
         state: view.state().name(),
-        original_dir: Traffic { packets: out.packets, bytes: out.bytes },
-        reply_dir: Traffic { packets: back.packets, bytes: back.bytes },
+        original_dir: Traffic {
+            packets: out.packets,
+            bytes: out.bytes,
+        },
+        reply_dir: Traffic {
+            packets: back.packets,
+            bytes: back.bytes,
+        },
         age_seconds: now.saturating_sub(out.created_ns) / NS_PER_SEC,
         idle_seconds: now.saturating_sub(view.last_seen_ns()) / NS_PER_SEC,
         expires_in_seconds: view.remaining_ns(timeouts, now) / NS_PER_SEC,
@@ -87,7 +102,11 @@ pub fn flows(instance: &Instance) -> Result<Vec<Flow>> {
     let config = pinned::read_config(instance)?;
     let snapshot = snapshot(&pinned::conntrack(instance)?)?;
     let now = monotonic_ns();
-    let mut flows: Vec<Flow> = snapshot.flows.iter().map(|v| flow(v, &config.timeouts, now)).collect();
+    let mut flows: Vec<Flow> = snapshot
+        .flows
+        .iter()
+        .map(|v| flow(v, &config.timeouts, now))
+        .collect();
     flows.sort_by_key(|f| (f.proto, f.src.addr, f.src.port, f.dst.addr, f.dst.port));
     Ok(flows)
 }
@@ -119,10 +138,19 @@ pub fn conntrack_list(netns: Option<&str>, args: &ConntrackListArgs) -> Result<(
     }
     println!(
         "{:<5} {:<44} {:<22} {:<11} {:>18} {:>18} {:>8}",
-        "PROTO", "ORIGINAL (POD -> PEER)", "TRANSLATED SOURCE", "STATE", "OUT PKTS/BYTES", "IN PKTS/BYTES", "EXPIRES"
+        "PROTO",
+        "ORIGINAL (POD -> PEER)",
+        "TRANSLATED SOURCE",
+        "STATE",
+        "OUT PKTS/BYTES",
+        "IN PKTS/BYTES",
+        "EXPIRES"
     );
     for f in &flows {
-        let original = format!("{}:{} -> {}:{}", f.src.addr, f.src.port, f.dst.addr, f.dst.port);
+        let original = format!(
+            "{}:{} -> {}:{}",
+            f.src.addr, f.src.port, f.dst.addr, f.dst.port
+        );
         let translated = format!("{}:{}", f.translated.addr, f.translated.port);
         let out = format!("{}/{}", f.original_dir.packets, f.original_dir.bytes);
         let back = format!("{}/{}", f.reply_dir.packets, f.reply_dir.bytes);

@@ -35,8 +35,10 @@ pub async fn stats(netns: Option<&str>, args: &StatsArgs) -> Result<()> {
     }
     let totals = counter_totals(&instance)?;
     if args.instance.json {
-        let map: serde_json::Map<String, serde_json::Value> =
-            totals.iter().map(|(c, v)| (c.name().to_owned(), (*v).into())).collect();
+        let map: serde_json::Map<String, serde_json::Value> = totals
+            .iter()
+            .map(|(c, v)| (c.name().to_owned(), (*v).into()))
+            .collect();
         println!("{}", serde_json::to_string_pretty(&map)?);
         return Ok(());
     }
@@ -60,7 +62,10 @@ async fn watch(instance: &Instance) -> Result<()> {
         at = Instant::now();
         // Clear the screen and home the cursor: a refresh in place.
         print!("\x1b[2J\x1b[H");
-        println!("{:<20} {:>14} {:>12}   (Ctrl-C to stop)", "COUNTER", "TOTAL", "PER SECOND");
+        println!(
+            "{:<20} {:>14} {:>12}   (Ctrl-C to stop)",
+            "COUNTER", "TOTAL", "PER SECOND"
+        );
         for ((counter, now), (_, before)) in current.iter().zip(&previous) {
             let rate = now.saturating_sub(*before) as f64 / elapsed;
             println!("{:<20} {now:>14} {rate:>12.1}", counter.name());

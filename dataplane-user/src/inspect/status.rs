@@ -61,7 +61,9 @@ pub fn status(netns: Option<&str>, args: &InstanceArgs) -> Result<()> {
         .into_iter()
         .map(|(hook, pin)| Hook {
             hook,
-            program_id: (mode == AttachMode::Tcx).then(|| program_id(&instance, pin)).flatten(),
+            program_id: (mode == AttachMode::Tcx)
+                .then(|| program_id(&instance, pin))
+                .flatten(),
         })
         .collect();
     let prefix = u32::from_be(config.pod_mask).count_ones();
@@ -79,7 +81,12 @@ pub fn status(netns: Option<&str>, args: &InstanceArgs) -> Result<()> {
         pod_cidr: format!("{}/{prefix}", addr(config.pod_net)),
         nat_address: addr(config.nat_addr),
         port_range: format!("{}-{}", config.port_min, config.port_max),
-        timeouts: config.timeouts.named().iter().map(|(n, v)| ((*n).to_owned(), (*v).into())).collect(),
+        timeouts: config
+            .timeouts
+            .named()
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).into()))
+            .collect(),
         ct_max: config.ct_max,
         flows: snapshot.flows.len(),
         table_entries: snapshot.entries,
@@ -90,10 +97,15 @@ pub fn status(netns: Option<&str>, args: &InstanceArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
     }
-    println!("datapath     {} in network namespace `{}` ({})", status.uplink, status.netns, status.pin_dir);
+    println!(
+        "datapath     {} in network namespace `{}` ({})",
+        status.uplink, status.netns, status.pin_dir
+    );
     println!("link type    {}", status.link_type);
     for hook in &status.hooks {
-        let id = hook.program_id.map_or_else(|| "-".to_owned(), |id| id.to_string());
+        let id = hook
+            .program_id
+            .map_or_else(|| "-".to_owned(), |id| id.to_string());
         println!("  {:<8}   program id {id}", hook.hook);
     }
     println!("pod CIDR     {}", status.pod_cidr);
@@ -103,7 +115,11 @@ pub fn status(netns: Option<&str>, args: &InstanceArgs) -> Result<()> {
         "table        {} flows, {} of {} entries ({} flows max)",
         status.flows, status.table_entries, status.table_capacity, status.ct_max
     );
-    let timeouts: Vec<String> = status.timeouts.iter().map(|(n, v)| format!("{n}={v}")).collect();
+    let timeouts: Vec<String> = status
+        .timeouts
+        .iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect();
     println!("timeouts     {}", timeouts.join(" "));
     Ok(())
 }
