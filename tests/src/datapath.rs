@@ -167,25 +167,6 @@ pub fn counter(value: &Value, name: &str) -> Option<u64> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::counter;
-
-    #[test]
-    fn counters_are_found_at_any_depth() {
-        let stats =
-            json!({"translated_out": 3, "per_cpu": [{"translated_out": 2}], "drop_no_port": 0});
-        assert_eq!(counter(&stats, "translated_out"), Some(5));
-        assert_eq!(counter(&stats, "drop_no_port"), Some(0));
-        assert_eq!(counter(&stats, "translated_in"), None);
-        let list = json!([{"name": "translated_in", "value": 1}]);
-        assert_eq!(counter(&list, "translated_in"), Some(1));
-        assert_eq!(counter(&list, "translated_out"), None);
-    }
-}
-
 /// `bpfmasq --netns NAME-host VERB...`, parsed as JSON; panics if the command
 /// fails or prints no JSON.
 pub fn host_json(lab: &Lab, verb: &[&str]) -> Value {
@@ -205,4 +186,23 @@ pub fn host_json(lab: &Lab, verb: &[&str]) -> Value {
             describe(&out)
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::counter;
+
+    #[test]
+    fn counters_are_found_at_any_depth() {
+        let stats =
+            json!({"translated_out": 3, "per_cpu": [{"translated_out": 2}], "drop_no_port": 0});
+        assert_eq!(counter(&stats, "translated_out"), Some(5));
+        assert_eq!(counter(&stats, "drop_no_port"), Some(0));
+        assert_eq!(counter(&stats, "translated_in"), None);
+        let list = json!([{"name": "translated_in", "value": 1}]);
+        assert_eq!(counter(&list, "translated_in"), Some(1));
+        assert_eq!(counter(&list, "translated_out"), None);
+    }
 }

@@ -1,7 +1,7 @@
-//! Batched map access (BPF_MAP_LOOKUP_BATCH / BPF_MAP_DELETE_BATCH, kernel
-//! >= 5.6): a garbage-collection sweep of a million entries in a handful of
-//! system calls instead of two per entry. aya 0.14 has no batch API, so this
-//! issues the bpf(2) commands itself.
+//! Batched map access (BPF_MAP_LOOKUP_BATCH, BPF_MAP_DELETE_BATCH; kernel
+//! 5.6 or later): a garbage-collection sweep of a million entries in a
+//! handful of system calls instead of two per entry. aya 0.14 has no batch
+//! API, so this issues the bpf(2) commands itself.
 
 use std::{
     io,
