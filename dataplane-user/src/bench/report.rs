@@ -164,7 +164,9 @@ pub fn rows(plan: &Plan, samples: &[Sample]) -> Vec<Row> {
 /// Compact number: 3 significant digits, k/M suffixes for large values.
 pub fn fmt_value(v: f64) -> String {
     let a = v.abs();
-    if a >= 1e6 {
+    if a == 0.0 {
+        "0".to_owned()
+    } else if a >= 1e6 {
         format!("{:.2}M", v / 1e6)
     } else if a >= 1e4 {
         format!("{:.1}k", v / 1e3)
@@ -450,5 +452,6 @@ mod tests {
         assert_eq!(fmt_value(1_250_000.0), "1.25M");
         assert_eq!(fmt_value(14.53), "14.5");
         assert_eq!(fmt_value(0.0421), "0.042");
+        assert_eq!(fmt_value(0.0), "0");
     }
 }
