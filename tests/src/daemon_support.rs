@@ -15,11 +15,7 @@ use std::{
 use serde_json::Value;
 
 pub use crate::datapath::host_json;
-use crate::{
-    lab::Lab,
-    product::bin,
-    topology::{BRIDGE, UPLINK},
-};
+use crate::{lab::Lab, product::bin};
 
 /// How long a daemon may take to say it started, or to stop after a signal.
 pub const DAEMON_TIMEOUT: Duration = Duration::from_secs(30);
@@ -33,19 +29,7 @@ pub const LOG_PREFIX: &str = "bpfmasq run: ";
 
 /// The arguments of `bpfmasq --netns NAME-host run --bridge cni0 --uplink eth0 EXTRA...`.
 pub fn run_args(lab: &Lab, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--netns",
-        &lab.host_ns(),
-        "run",
-        "--bridge",
-        BRIDGE,
-        "--uplink",
-        UPLINK,
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
+    crate::datapath::uplink_verb_args(lab, "run", extra)
 }
 
 /// A running `bpfmasq run`; SIGKILLed and reaped when dropped.

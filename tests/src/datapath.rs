@@ -14,10 +14,16 @@ use crate::{
 
 /// The arguments of `bpfmasq --netns NAME-host attach --bridge cni0 --uplink eth0 EXTRA...`.
 pub fn attach_args(lab: &Lab, extra: &[&str]) -> Vec<String> {
+    uplink_verb_args(lab, "attach", extra)
+}
+
+/// `bpfmasq --netns NAME-host VERB --bridge cni0 --uplink eth0 EXTRA...`, for
+/// the verbs that take attach's flags (`attach`, `run`).
+pub fn uplink_verb_args(lab: &Lab, verb: &str, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "--netns",
         &lab.host_ns(),
-        "attach",
+        verb,
         "--bridge",
         BRIDGE,
         "--uplink",
