@@ -55,12 +55,7 @@ pub fn sweep(table: &mut ConntrackMap, config: &NatConfig) -> Result<SweepReport
             report.expired += 1;
         }
     }
-    // All original halves first, so the datapath stops using a mapping
-    // before its port is released; then the reply halves.
-    let originals: Vec<FlowKey> = doomed.iter().map(|f| f.key).collect();
-    let replies: Vec<FlowKey> = doomed.iter().map(|f| f.reply_key).collect();
-    batch::delete(table.map(), &originals).context("removing expired flows")?;
-    batch::delete(table.map(), &replies).context("removing expired flows' reply halves")?;
+    remove_flows(table, &doomed)?;
     let orphans: Vec<FlowKey> = snapshot
         .orphan_replies
         .iter()
@@ -78,4 +73,15 @@ fn still_idle(table: &ConntrackMap, flow: &FlowView) -> bool {
     table
         .get(&flow.key, 0)
         .is_ok_and(|now| now.last_seen_ns == flow.original.last_seen_ns)
+}
+
+/// Removes whole flows: every original half first, so the datapath stops
+/// using a mapping before its port is released, then the reply halves.
+/// Shared by the sweep and `conntrack flush`.
+pub fn remove_flows(table: &ConntrackMap, flows: &[&FlowView]) -> Result<()> {
+    let originals: Vec<FlowKey> = flows.iter().map(|f| f.key).collect();
+    let replies: Vec<FlowKey> = flows.iter().map(|f| f.reply_key).collect();
+    batch::delete(table.map(), &originals).context("removing flows")?;
+    batch::delete(table.map(), &replies).context("removing flows' reply halves")?;
+    Ok(())
 }

@@ -14,6 +14,7 @@ use crate::{
     cli::{ConntrackListArgs, FlowFilterArgs, ProtoFilter},
     datapath::{
         flows::{FlowView, monotonic_ns, snapshot},
+        gc,
         instance::{Instance, netns_label},
         pinned,
     },
@@ -176,22 +177,21 @@ pub fn conntrack_count(netns: Option<&str>, args: &ConntrackListArgs) -> Result<
     Ok(())
 }
 
-/// Removes matching flows, original half first (see `gc`), then the reply.
+/// Removes matching flows, both halves (see `gc::remove_flows`).
 pub fn conntrack_flush(netns: Option<&str>, args: &ConntrackListArgs) -> Result<()> {
     require_root("bpfmasq conntrack flush")?;
     let instance = instance(netns, args)?;
     let config = pinned::read_config(&instance)?;
-    let mut table = pinned::conntrack(&instance)?;
+    let table = pinned::conntrack(&instance)?;
     let snapshot = snapshot(&table)?;
     let now = monotonic_ns();
-    let mut removed = 0usize;
-    for view in &snapshot.flows {
-        if matches(&args.filter, &flow(view, &config.timeouts, now)) {
-            let _ = table.remove(&view.key);
-            let _ = table.remove(&view.reply_key);
-            removed += 1;
-        }
-    }
+    let doomed: Vec<&FlowView> = snapshot
+        .flows
+        .iter()
+        .filter(|view| matches(&args.filter, &flow(view, &config.timeouts, now)))
+        .collect();
+    gc::remove_flows(&table, &doomed)?;
+    let removed = doomed.len();
     if args.instance.json {
         println!("{}", serde_json::json!({ "flushed": removed }));
     } else {
