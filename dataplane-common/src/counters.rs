@@ -38,7 +38,8 @@ counters! {
     DropTableFull = "drop_table_full",
     /// Dropped: a pod packet with a protocol or ICMP type we cannot translate.
     DropUnsupported = "drop_unsupported",
-    /// Dropped: a pod packet that is an IP fragment.
+    /// Dropped: a fragment whose datagram cannot be tracked (fragment
+    /// table full, IP ID collision, or too many held fragments).
     DropFragment = "drop_fragment",
     /// Dropped: a pod packet with a truncated or malformed header.
     DropMalformed = "drop_malformed",
@@ -48,6 +49,23 @@ counters! {
     DropRewrite = "drop_rewrite",
     /// ICMP error quoting a masqueraded packet, translated back to its pod.
     TranslatedIcmpError = "translated_icmp_error",
+    /// Ingress packet with a truncated or malformed header: left to the host
+    /// stack, which drops it; never translated.
+    PassedMalformed = "passed_malformed",
+    /// Dropped: an ingress packet whose source is inside the pod network
+    /// (spoofed: pods are never reached through the uplink).
+    DropSpoofedPodSource = "drop_spoofed_pod_source",
+    /// A fragment after the first of a tracked datagram, translated.
+    TranslatedFragment = "translated_fragment",
+    /// An ingress fragment that arrived before its datagram's first fragment:
+    /// held until the first one says where it goes.
+    ParkedFragment = "parked_fragment",
+    /// A held fragment sent on once its first fragment arrived.
+    ReleasedFragment = "released_fragment",
+    /// A candidate port skipped because a socket of the host uses it.
+    PortSkippedHostSocket = "port_skipped_host_socket",
+    /// Ingress packet for a socket of the host itself: never translated.
+    PassedHostSocket = "passed_host_socket",
 }
 
 impl Counter {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod conntrack;
 pub mod counters;
 pub mod flow;
+pub mod fragments;
 pub mod maps;
 pub mod ports;
 
@@ -25,4 +26,8 @@ mod pod {
     unsafe impl aya::Pod for crate::conntrack::Timeouts {}
     unsafe impl aya::Pod for crate::flow::FlowKey {}
     unsafe impl aya::Pod for crate::flow::FlowEntry {}
+    unsafe impl aya::Pod for crate::fragments::DatagramKey {}
+    unsafe impl aya::Pod for crate::fragments::DatagramEntry {}
+    unsafe impl aya::Pod for crate::fragments::ParkedKey {}
+    unsafe impl aya::Pod for crate::fragments::ParkedFragment {}
 }

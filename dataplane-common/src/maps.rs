@@ -7,6 +7,11 @@ pub const CONFIG: &str = "CONFIG";
 pub const CONNTRACK: &str = "CONNTRACK";
 /// `LpmTrie<u32, u8>`: destinations that are never masqueraded.
 pub const NO_MASQ: &str = "NO_MASQ";
+/// `LruHashMap<DatagramKey, DatagramEntry>`: fragmented datagrams in flight.
+pub const FRAG_DATAGRAMS: &str = "FRAG_DATAGRAMS";
+/// `LruHashMap<ParkedKey, ParkedFragment>`: fragments that arrived before
+/// their datagram's first fragment.
+pub const FRAG_PARKED: &str = "FRAG_PARKED";
 /// `PerCpuArray<u64>`, indexed by [`crate::counters::Counter`].
 pub const COUNTERS: &str = "COUNTERS";
 

@@ -15,6 +15,7 @@ use dataplane_common::{
 use crate::{
     conntrack,
     packet::{ICMP_ECHO_REQUEST, Ipv4},
+    rewrite::{Endpoint, rewrite_address},
 };
 
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -100,11 +101,8 @@ pub fn unsnat_error(ctx: &TcContext, ip: &Ipv4, cfg: &NatConfig) -> Result<(), U
     rewrite_quoted(ctx, ip, &quoted, cfg.nat_addr, (pod_addr, pod_port))
         .map_err(|_| Untranslated::RewriteFailed)?;
     // Outer destination: the IPv4 header checksum only (ICMP has no pseudo-header).
-    ctx.l3_csum_replace(ip.l3_off + 10, cfg.nat_addr as u64, pod_addr as u64, 4)
-        .map_err(|_| Untranslated::RewriteFailed)?;
-    ctx.store(ip.l3_off + 16, &pod_addr, 0)
-        .map_err(|_| Untranslated::RewriteFailed)?;
-    Ok(())
+    rewrite_address(ctx, ip, Endpoint::Destination, (cfg.nat_addr, pod_addr))
+        .map_err(|_| Untranslated::RewriteFailed)
 }
 
 /// Rewrites the quoted packet's source back to the pod, keeping the quoted

@@ -7,6 +7,7 @@
 
 mod conntrack;
 mod counters;
+mod fragments;
 mod icmp_error;
 mod maps;
 mod nat;

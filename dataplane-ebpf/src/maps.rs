@@ -3,12 +3,15 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use dataplane_common::{
     config::NatConfig,
     counters::Counter,
     flow::{FlowEntry, FlowKey},
+    fragments::{
+        DATAGRAMS_ENTRIES, DatagramEntry, DatagramKey, PARKED_ENTRIES, ParkedFragment, ParkedKey,
+    },
     maps::{CONNTRACK_DEFAULT_ENTRIES, NO_MASQ_ENTRIES},
 };
 
@@ -26,3 +29,19 @@ pub static NO_MASQ: LpmTrie<u32, u8> = LpmTrie::pinned(NO_MASQ_ENTRIES, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
+
+/// Fragmented datagrams in flight. LRU and not pinned: bounded, self-cleaning
+/// state that is worthless after a few seconds anyway.
+#[map]
+pub static FRAG_DATAGRAMS: LruHashMap<DatagramKey, DatagramEntry> =
+    LruHashMap::with_max_entries(DATAGRAMS_ENTRIES, 0);
+
+/// Incoming fragments that arrived before their datagram's first fragment.
+#[map]
+pub static FRAG_PARKED: LruHashMap<ParkedKey, ParkedFragment> =
+    LruHashMap::with_max_entries(PARKED_ENTRIES, 0);
+
+/// Per-CPU room to copy a fragment into before it is parked: too big for
+/// the 512-byte BPF stack.
+#[map]
+pub static FRAG_SCRATCH: PerCpuArray<ParkedFragment> = PerCpuArray::with_max_entries(1, 0);

@@ -16,12 +16,13 @@ use dataplane_common::{
     config::NatConfig,
     conntrack::seen_bits,
     counters::Counter,
-    flow::{FlowEntry, FlowKey, IPPROTO_ICMP},
+    flow::{FlowEntry, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 
 use crate::{
     conntrack::{self, FlowError},
     counters::count,
+    fragments,
     icmp_error::{self, Untranslated},
     maps::{CONFIG, NO_MASQ},
     packet::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, Ipv4, ParseError, parse_ipv4, parse_transport},
@@ -33,6 +34,13 @@ use crate::{
 fn pass(counter: Counter) -> Result<i32, ()> {
     count(counter);
     Ok(TC_ACT_OK)
+}
+
+/// Carries out a verdict taken elsewhere, counting why.
+#[inline(always)]
+fn verdict((action, counter): (i32, Counter)) -> Result<i32, ()> {
+    count(counter);
+    Ok(action)
 }
 
 /// Drops the packet, counting why.
@@ -73,8 +81,18 @@ pub fn snat(ctx: &TcContext) -> Result<i32, ()> {
     if cfg.nat_addr == 0 {
         return drop(Counter::DropNoConfig);
     }
+    if !matches!(ip.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP) {
+        return drop(Counter::DropUnsupported);
+    }
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
     if ip.is_fragment {
-        return drop(Counter::DropFragment);
+        if let Err(refused) = fragments::claim_outgoing(&ip, cfg.nat_addr, now) {
+            return drop(refused);
+        }
+        if !ip.has_transport_header {
+            return verdict(fragments::snat_later(ctx, &ip, cfg.nat_addr));
+        }
     }
     let l4 = match parse_transport(ctx, &ip) {
         Ok(Some(l4)) if ip.proto != IPPROTO_ICMP || l4.icmp_type == ICMP_ECHO_REQUEST => l4,
@@ -82,8 +100,6 @@ pub fn snat(ctx: &TcContext) -> Result<i32, ()> {
         Err(_) => return drop(Counter::DropMalformed),
     };
     let key = FlowKey::new(ip.src, ip.dst, l4.src_port, l4.dst_port, ip.proto);
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
     let entry = match conntrack::original_entry(&key, cfg, now) {
         Ok(entry) => entry,
         Err(e) => {
@@ -123,18 +139,40 @@ pub fn unsnat(ctx: &TcContext) -> Result<i32, ()> {
         Ok(ip) => ip,
         Err(ParseError::NotIpv4) => return pass(Counter::PassedNotIpv4),
         // The host stack drops what it cannot parse either.
-        Err(ParseError::Malformed) => return pass(Counter::PassedNoFlow),
+        Err(ParseError::Malformed) => return pass(Counter::PassedMalformed),
     };
     let Some(cfg) = config() else {
         return pass(Counter::PassedNoFlow);
     };
-    if ip.dst != cfg.nat_addr || ip.is_fragment {
+    // Pods are reached through the bridge, never through the uplink.
+    if cfg.is_pod_addr(ip.src) {
+        return drop(Counter::DropSpoofedPodSource);
+    }
+    if ip.dst != cfg.nat_addr {
         return pass(Counter::PassedNoFlow);
     }
-    let l4 = match parse_transport(ctx, &ip) {
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !ip.is_fragment {
+        return unsnat_packet(ctx, &ip, cfg, now);
+    }
+    if !ip.has_transport_header {
+        return verdict(fragments::unsnat_later(ctx, &ip, now));
+    }
+    match unsnat_packet(ctx, &ip, cfg, now)? {
+        TC_ACT_OK => Ok(fragments::first_incoming(ctx, &ip, now)),
+        action => Ok(action),
+    }
+}
+
+/// Translates a whole packet (or a first fragment) arriving at the NAT
+/// address back to its pod, or leaves it to the host.
+#[inline(always)]
+fn unsnat_packet(ctx: &TcContext, ip: &Ipv4, cfg: &NatConfig, now: u64) -> Result<i32, ()> {
+    let l4 = match parse_transport(ctx, ip) {
         Ok(Some(l4)) if ip.proto != IPPROTO_ICMP || l4.icmp_type == ICMP_ECHO_REPLY => l4,
         Ok(Some(l4)) if icmp_error::is_error(l4.icmp_type) => {
-            return match icmp_error::unsnat_error(ctx, &ip, cfg) {
+            return match icmp_error::unsnat_error(ctx, ip, cfg) {
                 Ok(()) => pass(Counter::TranslatedIcmpError),
                 Err(Untranslated::NotOurs) => pass(Counter::PassedNoFlow),
                 Err(Untranslated::RewriteFailed) => drop(Counter::DropRewrite),
@@ -146,13 +184,11 @@ pub fn unsnat(ctx: &TcContext) -> Result<i32, ()> {
     let Some(entry) = conntrack::reply_entry(&key) else {
         return pass(Counter::PassedNoFlow);
     };
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
     let old = (ip.dst, l4.dst_port);
     let seen = seen_bits(l4.tcp_flags);
     apply(
         ctx,
-        &ip,
+        ip,
         Endpoint::Destination,
         old,
         entry,

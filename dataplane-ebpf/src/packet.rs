@@ -29,8 +29,16 @@ pub struct Ipv4 {
     pub src: u32,
     pub dst: u32,
     pub proto: u8,
+    /// Identification field, network byte order: names the datagram a
+    /// fragment belongs to.
+    pub id: u16,
+    /// IPv4 total length (header and payload).
+    pub total_len: u16,
     /// Any fragment (first or later): ports are not in every one of them.
     pub is_fragment: bool,
+    /// Fragment offset 0: whole packets and first fragments, which carry
+    /// the transport header.
+    pub has_transport_header: bool,
 }
 
 /// The transport fields NAT looks at, in network byte order.
@@ -97,7 +105,10 @@ pub fn parse_ipv4(ctx: &TcContext) -> Result<Ipv4, ParseError> {
         src: u32::from_ne_bytes(ip.src_addr),
         dst: u32::from_ne_bytes(ip.dst_addr),
         proto: ip.proto,
+        id: u16::from_ne_bytes(ip.id),
+        total_len: u16::from_be_bytes(ip.tot_len),
         is_fragment: frags & (IP_MF | IP_OFFSET_MASK) != 0,
+        has_transport_header: frags & IP_OFFSET_MASK == 0,
     })
 }
 

@@ -39,11 +39,10 @@ pub fn rewrite(
     (old_addr, new_addr): (u32, u32),
     (old_port, new_port): (u16, u16),
 ) -> Result<(), RewriteError> {
-    let (addr_off, port_off) = match (ip.proto, endpoint) {
-        (IPPROTO_ICMP, Endpoint::Source) => (IPV4_SRC_OFF, ICMP_ID_OFF),
-        (IPPROTO_ICMP, Endpoint::Destination) => (IPV4_DST_OFF, ICMP_ID_OFF),
-        (_, Endpoint::Source) => (IPV4_SRC_OFF, 0),
-        (_, Endpoint::Destination) => (IPV4_DST_OFF, 2),
+    let port_off = match (ip.proto, endpoint) {
+        (IPPROTO_ICMP, _) => ICMP_ID_OFF,
+        (_, Endpoint::Source) => 0,
+        (_, Endpoint::Destination) => 2,
     };
     // (checksum offset, flags for an address change, flags for a port change)
     let (check_off, addr_flags, port_flags) = match ip.proto {
@@ -63,20 +62,37 @@ pub fn rewrite(
         ctx.store(ip.l4_off + port_off, &new_port, 0)
             .map_err(|_| RewriteError)?;
     }
-    if old_addr != new_addr {
-        if ip.proto != IPPROTO_ICMP {
-            ctx.l4_csum_replace(l4_check, old_addr as u64, new_addr as u64, addr_flags | 4)
-                .map_err(|_| RewriteError)?;
-        }
-        ctx.l3_csum_replace(
-            ip.l3_off + IPV4_CHECK_OFF,
-            old_addr as u64,
-            new_addr as u64,
-            4,
-        )
-        .map_err(|_| RewriteError)?;
-        ctx.store(ip.l3_off + addr_off, &new_addr, 0)
+    if old_addr != new_addr && ip.proto != IPPROTO_ICMP {
+        ctx.l4_csum_replace(l4_check, old_addr as u64, new_addr as u64, addr_flags | 4)
             .map_err(|_| RewriteError)?;
     }
-    Ok(())
+    rewrite_address(ctx, ip, endpoint, (old_addr, new_addr))
+}
+
+/// Sets `endpoint`'s address in the IPv4 header alone, fixing the header
+/// checksum only: for packets without a transport header of their own
+/// (fragments after the first) or whose checksum covers no pseudo-header.
+#[inline(always)]
+pub fn rewrite_address(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    endpoint: Endpoint,
+    (old_addr, new_addr): (u32, u32),
+) -> Result<(), RewriteError> {
+    if old_addr == new_addr {
+        return Ok(());
+    }
+    let addr_off = match endpoint {
+        Endpoint::Source => IPV4_SRC_OFF,
+        Endpoint::Destination => IPV4_DST_OFF,
+    };
+    ctx.l3_csum_replace(
+        ip.l3_off + IPV4_CHECK_OFF,
+        old_addr as u64,
+        new_addr as u64,
+        4,
+    )
+    .map_err(|_| RewriteError)?;
+    ctx.store(ip.l3_off + addr_off, &new_addr, 0)
+        .map_err(|_| RewriteError)
 }

@@ -1,0 +1,239 @@
+//! IP fragments through the NAT, without reassembly.
+//!
+//! Only a datagram's first fragment carries the ports flows are keyed on.
+//! Outgoing, the later fragments need nothing but the NAT address as their
+//! source, so they are translated whatever order they come in; the state is
+//! a claim on the datagram's IP ID towards its destination, so two pods'
+//! datagrams never merge at the peer. Incoming, the later fragments need to
+//! know their pod, which only the first fragment tells: the first fragment
+//! records it for the rest, and fragments that arrive before it are held
+//! (parked) and sent on, translated, when it arrives. All of it is bounded
+//! and short-lived (see [`dataplane_common::fragments`]).
+
+use aya_ebpf::{
+    bindings::{BPF_F_INGRESS, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes},
+    programs::TcContext,
+};
+use dataplane_common::{
+    checksum::replace32,
+    counters::Counter,
+    fragments::{
+        DatagramEntry, DatagramKey, MAX_PARKED_PER_DATAGRAM, PARKED_MAX_LEN, ParkedFragment,
+        ParkedKey, verifier_len,
+    },
+};
+use network_types::eth::EthHdr;
+
+use crate::{
+    counters::count,
+    maps::{FRAG_DATAGRAMS, FRAG_PARKED, FRAG_SCRATCH},
+    packet::Ipv4,
+    rewrite::{Endpoint, rewrite_address},
+};
+
+const ETH_LEN: u32 = EthHdr::LEN as u32;
+const IPV4_CHECK_OFF: usize = 10;
+const IPV4_DST_OFF: usize = 16;
+
+/// What to do with a fragment, and the counter that says why.
+pub type Verdict = (i32, Counter);
+
+/// Claims the outgoing datagram's IP ID towards its destination for the pod
+/// sending it; a fresh claim by another pod means a collision, and the
+/// fragment is dropped rather than merged into someone else's datagram.
+#[inline(always)]
+pub fn claim_outgoing(ip: &Ipv4, nat_addr: u32, now_ns: u64) -> Result<(), Counter> {
+    let key = DatagramKey::new(nat_addr, ip.dst, ip.id, ip.proto);
+    let mut flags = BPF_NOEXIST as u64;
+    if let Some(entry) = FRAG_DATAGRAMS.get_ptr_mut(key) {
+        // SAFETY: map value pointer, valid for this run.
+        let entry = unsafe { &*entry };
+        if entry.is_fresh(now_ns) {
+            return if entry.addr == ip.src {
+                Ok(())
+            } else {
+                Err(Counter::DropFragment)
+            };
+        }
+        flags = 0; // a stale claim is taken over
+    }
+    FRAG_DATAGRAMS
+        .insert(key, DatagramEntry::new(ip.src, now_ns), flags)
+        .map_err(|_| Counter::DropFragment)
+}
+
+/// An outgoing fragment after the first: only its source address changes
+/// (the transport checksum lives in the first fragment).
+#[inline(always)]
+pub fn snat_later(ctx: &TcContext, ip: &Ipv4, nat_addr: u32) -> Verdict {
+    match rewrite_address(ctx, ip, Endpoint::Source, (ip.src, nat_addr)) {
+        Ok(()) => (TC_ACT_OK, Counter::TranslatedFragment),
+        Err(_) => (TC_ACT_SHOT, Counter::DropRewrite),
+    }
+}
+
+/// An incoming fragment after the first, addressed to the NAT address.
+#[inline(always)]
+pub fn unsnat_later(ctx: &TcContext, ip: &Ipv4, now_ns: u64) -> Verdict {
+    let key = DatagramKey::new(ip.src, ip.dst, ip.id, ip.proto);
+    let Some(entry) = fresh_or_new(&key, now_ns) else {
+        return (TC_ACT_SHOT, Counter::DropFragment);
+    };
+    // SAFETY: map value pointer, valid for this run.
+    let addr = unsafe { (*entry).addr };
+    if addr == 0 {
+        return park(ctx, ip, &key, entry);
+    }
+    if addr == ip.dst {
+        // The first fragment was for the host itself.
+        return (TC_ACT_OK, Counter::PassedNoFlow);
+    }
+    match rewrite_address(ctx, ip, Endpoint::Destination, (ip.dst, addr)) {
+        Ok(()) => (TC_ACT_OK, Counter::TranslatedFragment),
+        Err(_) => (TC_ACT_SHOT, Counter::DropRewrite),
+    }
+}
+
+/// After an incoming first fragment went through the NAT (it is passed:
+/// translated to a pod, or left to the host), records where the rest of its
+/// datagram goes and sends on the fragments that waited for it. Returns the
+/// action for the first fragment itself.
+#[inline(always)]
+pub fn first_incoming(ctx: &TcContext, ip: &Ipv4, now_ns: u64) -> i32 {
+    // Where the NAT core sent it: a pod, or still the NAT address.
+    let Ok(addr) = ctx.load::<u32>(ip.l3_off + IPV4_DST_OFF) else {
+        return TC_ACT_OK;
+    };
+    let key = DatagramKey::new(ip.src, ip.dst, ip.id, ip.proto);
+    let Some(entry) = fresh_or_new(&key, now_ns) else {
+        return TC_ACT_OK; // later fragments will be held, then expire
+    };
+    // SAFETY: map value pointer, valid for this run.
+    let parked = unsafe {
+        if (*entry).addr != 0 {
+            return TC_ACT_OK; // a repeated first fragment
+        }
+        (*entry).addr = addr;
+        core::mem::replace(&mut (*entry).parked, 0)
+    };
+    if parked == 0 {
+        return TC_ACT_OK;
+    }
+    release(ctx, &key, addr, parked)
+}
+
+/// The fresh entry of `key`, or a new empty one in its place.
+#[inline(always)]
+fn fresh_or_new(key: &DatagramKey, now_ns: u64) -> Option<*mut DatagramEntry> {
+    if let Some(entry) = FRAG_DATAGRAMS.get_ptr_mut(key) {
+        // SAFETY: map value pointer, valid for this run.
+        if unsafe { (*entry).is_fresh(now_ns) } {
+            return Some(entry);
+        }
+    }
+    FRAG_DATAGRAMS
+        .insert(key, DatagramEntry::new(0, now_ns), 0)
+        .ok()?;
+    FRAG_DATAGRAMS.get_ptr_mut(key)
+}
+
+/// Holds a fragment whose datagram's first fragment has not arrived: copies
+/// it into `FRAG_PARKED` and drops the original.
+#[inline(always)]
+fn park(ctx: &TcContext, ip: &Ipv4, key: &DatagramKey, entry: *mut DatagramEntry) -> Verdict {
+    const REFUSED: Verdict = (TC_ACT_SHOT, Counter::DropFragment);
+    // SAFETY: map value pointer, valid for this run.
+    let slot = unsafe { (*entry).parked };
+    let len = ip.total_len as u32;
+    if slot >= MAX_PARKED_PER_DATAGRAM
+        || len == 0
+        || len as usize > PARKED_MAX_LEN
+        || (ip.l3_off as u32 + len) > ctx.len()
+    {
+        return REFUSED;
+    }
+    let Some(scratch) = FRAG_SCRATCH.get_ptr_mut(0) else {
+        return REFUSED;
+    };
+    // SAFETY: per-CPU map value, only this run uses it; `len` is checked
+    // against the buffer above.
+    unsafe {
+        (*scratch).len = len;
+        let to = (*scratch).bytes.as_mut_ptr().cast();
+        let at = ip.l3_off as u32;
+        if bpf_skb_load_bytes(ctx.skb.skb.cast(), at, to, verifier_len(len)) != 0 {
+            return REFUSED;
+        }
+        let parked_key = ParkedKey {
+            datagram: *key,
+            slot,
+        };
+        if FRAG_PARKED.insert(parked_key, &*scratch, 0).is_err() {
+            return REFUSED;
+        }
+        (*entry).parked = slot + 1;
+    }
+    (TC_ACT_SHOT, Counter::ParkedFragment)
+}
+
+/// Sends the first fragment and then every held one of its datagram, each
+/// as a clone re-entering this interface's ingress with its destination
+/// rewritten to `addr`: the working skb takes each held fragment's bytes in
+/// turn. Everything it carried went out as a clone, so it is dropped.
+#[inline(never)]
+fn release(ctx: &TcContext, key: &DatagramKey, addr: u32, parked: u32) -> i32 {
+    // SAFETY: reading the skb's own interface index.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if ctx.clone_redirect(ifindex, BPF_F_INGRESS as u64).is_err() {
+        return TC_ACT_OK; // the held fragments expire
+    }
+    for slot in 0..MAX_PARKED_PER_DATAGRAM {
+        if slot >= parked {
+            break;
+        }
+        let parked_key = ParkedKey {
+            datagram: *key,
+            slot,
+        };
+        if let Some(fragment) = FRAG_PARKED.get_ptr_mut(parked_key) {
+            if resend(ctx, fragment, key.dst_addr, addr, ifindex) {
+                count(Counter::ReleasedFragment);
+            }
+            let _ = FRAG_PARKED.remove(parked_key);
+        }
+    }
+    TC_ACT_SHOT
+}
+
+/// Puts a held fragment, its destination rewritten from `old` to `new`, in
+/// the working skb and sends a clone of it.
+#[inline(always)]
+fn resend(
+    ctx: &TcContext,
+    fragment: *mut ParkedFragment,
+    old: u32,
+    new: u32,
+    ifindex: u32,
+) -> bool {
+    // SAFETY: map value pointer, valid for this run; offsets are constants
+    // inside the 20-byte minimum IPv4 header; `len` is bounded below.
+    unsafe {
+        let bytes = &mut (*fragment).bytes;
+        let len = (*fragment).len;
+        if len < 20 || len as usize > PARKED_MAX_LEN {
+            return false;
+        }
+        if old != new {
+            let check_at = IPV4_CHECK_OFF;
+            let check = u16::from_ne_bytes([bytes[check_at], bytes[check_at + 1]]);
+            let check = replace32(check, old, new);
+            bytes[check_at..check_at + 2].copy_from_slice(&check.to_ne_bytes());
+            bytes[IPV4_DST_OFF..IPV4_DST_OFF + 4].copy_from_slice(&new.to_ne_bytes());
+        }
+        let skb = ctx.skb.skb.cast();
+        bpf_skb_change_tail(skb, ETH_LEN + len, 0) == 0
+            && bpf_skb_store_bytes(skb, ETH_LEN, bytes.as_ptr().cast(), verifier_len(len), 0) == 0
+            && ctx.clone_redirect(ifindex, BPF_F_INGRESS as u64).is_ok()
+    }
+}
