@@ -64,8 +64,9 @@ counters! {
     ReleasedFragment = "released_fragment",
     /// A candidate port skipped because a socket of the host uses it.
     PortSkippedHostSocket = "port_skipped_host_socket",
-    /// Ingress packet for a socket of the host itself: never translated.
-    PassedHostSocket = "passed_host_socket",
+    /// A flow removed because a connection of the host itself took its
+    /// tuple on the NAT address: the replies are the host's.
+    FlowYieldedToHost = "flow_yielded_to_host",
 }
 
 impl Counter {

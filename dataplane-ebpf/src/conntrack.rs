@@ -1,7 +1,7 @@
 //! The conntrack table: finding a flow, creating one (claiming a port), and
 //! accounting packets against it.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32, programs::TcContext};
 use dataplane_common::{
     config::NatConfig,
     conntrack::{SEEN_ACK, SEEN_FIN, SEEN_RST, SEEN_SYN},
@@ -10,7 +10,7 @@ use dataplane_common::{
     ports::{MAX_PORT_ATTEMPTS, candidate_port},
 };
 
-use crate::{counters::count, maps::CONNTRACK};
+use crate::{counters::count, host_sockets::host_would_receive, maps::CONNTRACK};
 
 const EEXIST: i32 = 17;
 
@@ -36,6 +36,7 @@ impl FlowError {
 /// uplink's address changed) is replaced, as MASQUERADE forgets such flows.
 #[inline(always)]
 pub fn original_entry(
+    ctx: &TcContext,
     key: &FlowKey,
     cfg: &NatConfig,
     now_ns: u64,
@@ -50,7 +51,7 @@ pub fn original_entry(
         let _ = CONNTRACK.remove(key.reply_after_snat(addr, port));
         let _ = CONNTRACK.remove(key);
     }
-    create_flow(key, cfg, now_ns)
+    create_flow(ctx, key, cfg, now_ns)
 }
 
 /// A new SYN on a tuple whose last connection closed (FIN/RST seen) starts a
@@ -80,11 +81,18 @@ pub fn reply_entry(key: &FlowKey) -> Option<*mut FlowEntry> {
 
 /// Claims a translated port and inserts both halves of a flow.
 ///
-/// The reply entry goes in first with BPF_NOEXIST: that insert *is* the port
-/// claim, atomic against other CPUs. Only then is the original entry added;
-/// if that fails the claim is released, so no half flow is ever left behind.
+/// A port the host itself would receive the flow's replies on (a socket of
+/// its own on the NAT address) is skipped. The reply entry goes in first
+/// with BPF_NOEXIST: that insert *is* the port claim, atomic against other
+/// CPUs. Only then is the original entry added; if that fails the claim is
+/// released, so no half flow is ever left behind.
 #[inline(never)]
-fn create_flow(key: &FlowKey, cfg: &NatConfig, now_ns: u64) -> Result<*mut FlowEntry, FlowError> {
+fn create_flow(
+    ctx: &TcContext,
+    key: &FlowKey,
+    cfg: &NatConfig,
+    now_ns: u64,
+) -> Result<*mut FlowEntry, FlowError> {
     let original_port = u16::from_be(key.src_port);
     for attempt in 0..MAX_PORT_ATTEMPTS {
         // SAFETY: plain helper call.
@@ -92,6 +100,11 @@ fn create_flow(key: &FlowKey, cfg: &NatConfig, now_ns: u64) -> Result<*mut FlowE
         let nat_port =
             candidate_port(attempt, original_port, cfg.port_min, cfg.port_max, random).to_be();
         let reply_key = key.reply_after_snat(cfg.nat_addr, nat_port);
+        let peer = (key.dst_addr, key.dst_port);
+        if host_would_receive(ctx, key.proto, peer, (cfg.nat_addr, nat_port)) {
+            count(Counter::PortSkippedHostSocket);
+            continue;
+        }
         let reply = FlowEntry::new(Direction::Reply, key.src_addr, key.src_port, now_ns);
         match CONNTRACK.insert(reply_key, reply, BPF_NOEXIST as u64) {
             Ok(()) => {}

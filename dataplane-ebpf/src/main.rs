@@ -8,6 +8,7 @@
 mod conntrack;
 mod counters;
 mod fragments;
+mod host_sockets;
 mod icmp_error;
 mod maps;
 mod nat;

@@ -22,7 +22,7 @@ use dataplane_common::{
 use crate::{
     conntrack::{self, FlowError},
     counters::count,
-    fragments,
+    fragments, host_sockets,
     icmp_error::{self, Untranslated},
     maps::{CONFIG, NO_MASQ},
     packet::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, Ipv4, ParseError, parse_ipv4, parse_transport},
@@ -73,6 +73,9 @@ pub fn snat(ctx: &TcContext) -> Result<i32, ()> {
         return drop(Counter::DropNoConfig);
     };
     if !cfg.is_pod_addr(ip.src) {
+        if ip.src == cfg.nat_addr {
+            host_sockets::claim_for_host(ctx, &ip);
+        }
         return pass(Counter::PassedNotPod);
     }
     if is_excluded(ip.dst) {
@@ -100,7 +103,7 @@ pub fn snat(ctx: &TcContext) -> Result<i32, ()> {
         Err(_) => return drop(Counter::DropMalformed),
     };
     let key = FlowKey::new(ip.src, ip.dst, l4.src_port, l4.dst_port, ip.proto);
-    let entry = match conntrack::original_entry(&key, cfg, now) {
+    let entry = match conntrack::original_entry(ctx, &key, cfg, now) {
         Ok(entry) => entry,
         Err(e) => {
             // Rare and worth an operator's attention, like nf_conntrack's

@@ -32,6 +32,7 @@ pub mod capture;
 pub mod daemon_support;
 pub mod datapath;
 pub mod echo;
+pub mod fragments;
 pub mod icmp;
 pub mod lab;
 pub mod netfilter;
