@@ -140,6 +140,9 @@ fn fresh_or_new(key: &DatagramKey, now_ns: u64) -> Option<*mut DatagramEntry> {
 
 /// Holds a fragment whose datagram's first fragment has not arrived: copies
 /// it into `FRAG_PARKED` and drops the original.
+// The scratch value is passed by reference on purpose: a copy of it would
+// not fit the 512-byte BPF stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 fn park(ctx: &TcContext, ip: &Ipv4, key: &DatagramKey, entry: *mut DatagramEntry) -> Verdict {
     const REFUSED: Verdict = (TC_ACT_SHOT, Counter::DropFragment);
