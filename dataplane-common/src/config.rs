@@ -27,6 +27,13 @@ impl AttachMode {
 /// Bit in [`NatConfig::flags`]: the loader created the clsact qdisc (and so
 /// removes it on detach).
 pub const FLAG_CREATED_CLSACT: u32 = 1 << 0;
+/// Bit in [`NatConfig::flags`]: the fast path is on. The bridge's program
+/// forwards pod packets straight to the uplink, the uplink's ingress program
+/// delivers translated replies straight to the bridge, both past the host's
+/// IP stack. Off, both leave every packet to the host stack.
+pub const FLAG_FAST_PATH: u32 = 1 << 1;
+/// Bit in [`NatConfig::flags`]: the loader created the bridge's clsact qdisc.
+pub const FLAG_CREATED_BRIDGE_CLSACT: u32 = 1 << 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -50,6 +57,10 @@ pub struct NatConfig {
     pub tc_ingress_priority: u16,
     pub tc_egress_handle: u32,
     pub tc_ingress_handle: u32,
+    /// clsact only: the bridge's ingress filter (the fast path's program).
+    pub tc_bridge_priority: u16,
+    pub _pad2: [u8; 2],
+    pub tc_bridge_handle: u32,
     /// Flow expiry, applied by the garbage collector of `bpfmasq run`.
     pub timeouts: Timeouts,
     /// Maximum number of flows (`--ct-max`); the map holds two entries each.
@@ -65,6 +76,11 @@ impl NatConfig {
 
     pub fn attach_mode(&self) -> AttachMode {
         AttachMode::from_raw(self.attach_mode)
+    }
+
+    #[inline(always)]
+    pub fn fast_path(&self) -> bool {
+        self.flags & FLAG_FAST_PATH != 0
     }
 }
 

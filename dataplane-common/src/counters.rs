@@ -67,6 +67,38 @@ counters! {
     /// A flow removed because a connection of the host itself took its
     /// tuple on the NAT address: the replies are the host's.
     FlowYieldedToHost = "flow_yielded_to_host",
+    /// Dropped: an ingress packet addressed straight to a pod from a source
+    /// the pod network reaches only through the NAT (not a --no-masq one).
+    DropUninvitedToPod = "drop_uninvited_to_pod",
+    /// Fast path: a pod packet forwarded from the bridge straight to the
+    /// uplink, past the host's IP stack (its SNAT still counts as translated_out).
+    FastPathOut = "fast_path_out",
+    /// Fast path: a translated reply delivered from the uplink straight to
+    /// the bridge, past the host's IP stack.
+    FastPathIn = "fast_path_in",
+    /// Fast path declined, the host stack forwards instead: the TTL expires
+    /// here (the host sends the time-exceeded error).
+    FallbackTtl = "fallback_ttl",
+    /// Fast path declined: the IPv4 header carries options.
+    FallbackIpOptions = "fallback_ip_options",
+    /// Fast path declined: an IP fragment.
+    FallbackFragment = "fallback_fragment",
+    /// Fast path declined: a protocol or ICMP type the NAT does not translate.
+    FallbackUnsupported = "fallback_unsupported",
+    /// Fast path declined: a pod packet to a destination never masqueraded
+    /// (the host, the pod network, multicast, broadcast, --no-masq).
+    FallbackExcluded = "fallback_excluded",
+    /// Fast path declined: the route lookup says the packet is for the host itself.
+    FallbackLocal = "fallback_local",
+    /// Fast path declined: no usable route (unreachable, blackhole, prohibited,
+    /// forwarding disabled): the host answers with its ICMP error.
+    FallbackNoRoute = "fallback_no_route",
+    /// Fast path declined: the route leaves through another interface than
+    /// the uplink (outgoing) or the bridge (replies).
+    FallbackOtherInterface = "fallback_other_interface",
+    /// Fast path declined: larger than the route's MTU: the host fragments it
+    /// or sends "fragmentation needed".
+    FallbackFragNeeded = "fallback_frag_needed",
 }
 
 impl Counter {

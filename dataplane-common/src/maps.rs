@@ -17,8 +17,10 @@ pub const COUNTERS: &str = "COUNTERS";
 
 /// TC program on the uplink's egress: SNAT.
 pub const PROG_UPLINK_EGRESS: &str = "uplink_egress";
-/// TC program on the uplink's ingress: reverse SNAT.
+/// TC program on the uplink's ingress: reverse SNAT (and the fast path in).
 pub const PROG_UPLINK_INGRESS: &str = "uplink_ingress";
+/// TC program on the bridge's ingress: the fast path out.
+pub const PROG_BRIDGE_INGRESS: &str = "bridge_ingress";
 
 /// Capacity the eBPF object declares for `CONNTRACK`; the loader resizes it
 /// from `--ct-max` (two entries per flow).

@@ -33,6 +33,9 @@ use crate::{
 };
 
 const ETH_LEN: u32 = EthHdr::LEN as u32;
+/// skb mark of the clones [`release`] sends back into the interface's
+/// ingress: already translated, to be let through once, untouched.
+const RELEASED_MARK: u32 = u32::from_be_bytes(*b"frag");
 const IPV4_CHECK_OFF: usize = 10;
 const IPV4_DST_OFF: usize = 16;
 
@@ -123,6 +126,18 @@ pub fn first_incoming(ctx: &TcContext, ip: &Ipv4, now_ns: u64) -> i32 {
     release(ctx, &key, addr, parked)
 }
 
+/// Whether this packet is one [`release`] sent back into this ingress: it
+/// is let through as it is (its mark cleared; ingress packets carry none).
+#[inline(always)]
+pub fn is_released(ctx: &TcContext) -> bool {
+    // SAFETY: reading the skb's mark.
+    if unsafe { (*ctx.skb.skb).mark } != RELEASED_MARK {
+        return false;
+    }
+    ctx.set_mark(0);
+    true
+}
+
 /// The fresh entry of `key`, or a new empty one in its place.
 #[inline(always)]
 fn fresh_or_new(key: &DatagramKey, now_ns: u64) -> Option<*mut DatagramEntry> {
@@ -188,6 +203,7 @@ fn park(ctx: &TcContext, ip: &Ipv4, key: &DatagramKey, entry: *mut DatagramEntry
 fn release(ctx: &TcContext, key: &DatagramKey, addr: u32, parked: u32) -> i32 {
     // SAFETY: reading the skb's own interface index.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    ctx.set_mark(RELEASED_MARK);
     if ctx.clone_redirect(ifindex, BPF_F_INGRESS as u64).is_err() {
         return TC_ACT_OK; // the held fragments expire
     }

@@ -1,12 +1,14 @@
 //! bpfmasq's TC programs. The uplink's egress program masquerades pod
 //! traffic (SNAT); its ingress program translates the replies back. Both are
-//! thin entry points over the shared NAT core in [`nat`], so that other
-//! attach points (the bridge side of a fast path) reuse the same logic.
+//! thin entry points over the shared NAT core in [`nat`]. With the fast path
+//! on, the bridge's ingress program and the uplink's ingress program also
+//! forward pod traffic themselves, past the host's IP stack ([`fast_path`]).
 #![no_std]
 #![no_main]
 
 mod conntrack;
 mod counters;
+mod fast_path;
 mod fragments;
 mod host_sockets;
 mod icmp_error;
@@ -15,18 +17,36 @@ mod nat;
 mod packet;
 mod rewrite;
 
-use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    macros::classifier,
+    programs::TcContext,
+};
 
 /// SNAT on the uplink's egress: pod source -> NAT address.
 #[classifier]
 pub fn uplink_egress(ctx: TcContext) -> i32 {
-    nat::snat(&ctx).unwrap_or(TC_ACT_SHOT)
+    nat::snat(&ctx).map_or(TC_ACT_SHOT, |verdict| verdict.action)
 }
 
-/// Reverse SNAT on the uplink's ingress: NAT address -> pod.
+/// Reverse SNAT on the uplink's ingress: NAT address -> pod; a translated
+/// reply then takes the fast path to the bridge when it can.
 #[classifier]
 pub fn uplink_ingress(ctx: TcContext) -> i32 {
-    nat::unsnat(&ctx).unwrap_or(TC_ACT_SHOT)
+    match nat::unsnat(&ctx) {
+        Ok(verdict) if verdict.translated && verdict.action == TC_ACT_OK => {
+            fast_path::deliver_in(&ctx)
+        }
+        Ok(verdict) => verdict.action,
+        Err(()) => TC_ACT_SHOT,
+    }
+}
+
+/// The fast path out, on the bridge's ingress: a pod's packet to the
+/// outside goes straight to the uplink (whose egress program masquerades it).
+#[classifier]
+pub fn bridge_ingress(ctx: TcContext) -> i32 {
+    fast_path::forward_out(&ctx)
 }
 
 #[cfg(not(test))]

@@ -29,25 +29,43 @@ use crate::{
     rewrite::{Endpoint, rewrite},
 };
 
+/// What the NAT core did with a packet: the TC action to take, and whether
+/// a conntrack flow translated it (a whole packet or a first fragment). Only
+/// a translated packet may be forwarded by the caller itself (the fast path).
+#[derive(Clone, Copy)]
+pub struct Verdict {
+    pub action: i32,
+    pub translated: bool,
+}
+
+impl Verdict {
+    const fn untranslated(action: i32) -> Self {
+        Self {
+            action,
+            translated: false,
+        }
+    }
+}
+
 /// Passes the packet, counting why.
 #[inline(always)]
-fn pass(counter: Counter) -> Result<i32, ()> {
+fn pass(counter: Counter) -> Result<Verdict, ()> {
     count(counter);
-    Ok(TC_ACT_OK)
+    Ok(Verdict::untranslated(TC_ACT_OK))
 }
 
 /// Carries out a verdict taken elsewhere, counting why.
 #[inline(always)]
-fn verdict((action, counter): (i32, Counter)) -> Result<i32, ()> {
+fn verdict((action, counter): (i32, Counter)) -> Result<Verdict, ()> {
     count(counter);
-    Ok(action)
+    Ok(Verdict::untranslated(action))
 }
 
 /// Drops the packet, counting why.
 #[inline(always)]
-fn drop(counter: Counter) -> Result<i32, ()> {
+fn drop(counter: Counter) -> Result<Verdict, ()> {
     count(counter);
-    Ok(TC_ACT_SHOT)
+    Ok(Verdict::untranslated(TC_ACT_SHOT))
 }
 
 #[inline(always)]
@@ -55,14 +73,15 @@ fn config() -> Option<&'static NatConfig> {
     CONFIG.get(0)
 }
 
+/// Whether `dst` is never masqueraded (pod CIDR, multicast, broadcast, --no-masq).
 #[inline(always)]
-fn is_excluded(dst: u32) -> bool {
+pub fn is_excluded(dst: u32) -> bool {
     NO_MASQ.get(Key::new(32, dst)).is_some()
 }
 
 /// Masquerades a packet leaving through the uplink.
 #[inline(always)]
-pub fn snat(ctx: &TcContext) -> Result<i32, ()> {
+pub fn snat(ctx: &TcContext) -> Result<Verdict, ()> {
     let ip = match parse_ipv4(ctx) {
         Ok(ip) => ip,
         Err(ParseError::NotIpv4) => return pass(Counter::PassedNotIpv4),
@@ -137,7 +156,10 @@ pub fn snat(ctx: &TcContext) -> Result<i32, ()> {
 
 /// Translates a reply arriving at the NAT address back to its pod.
 #[inline(always)]
-pub fn unsnat(ctx: &TcContext) -> Result<i32, ()> {
+pub fn unsnat(ctx: &TcContext) -> Result<Verdict, ()> {
+    if fragments::is_released(ctx) {
+        return Ok(Verdict::untranslated(TC_ACT_OK));
+    }
     let ip = match parse_ipv4(ctx) {
         Ok(ip) => ip,
         Err(ParseError::NotIpv4) => return pass(Counter::PassedNotIpv4),
@@ -151,6 +173,15 @@ pub fn unsnat(ctx: &TcContext) -> Result<i32, ()> {
     if cfg.is_pod_addr(ip.src) {
         return drop(Counter::DropSpoofedPodSource);
     }
+    // A pod talks to non-excluded destinations only through the NAT, so
+    // such a source sending to a pod address directly was never invited.
+    if cfg.is_pod_addr(ip.dst) {
+        return if is_excluded(ip.src) {
+            pass(Counter::PassedExcluded)
+        } else {
+            drop(Counter::DropUninvitedToPod)
+        };
+    }
     if ip.dst != cfg.nat_addr {
         return pass(Counter::PassedNoFlow);
     }
@@ -163,15 +194,19 @@ pub fn unsnat(ctx: &TcContext) -> Result<i32, ()> {
         return verdict(fragments::unsnat_later(ctx, &ip, now));
     }
     match unsnat_packet(ctx, &ip, cfg, now)? {
-        TC_ACT_OK => Ok(fragments::first_incoming(ctx, &ip, now)),
-        action => Ok(action),
+        Verdict {
+            action: TC_ACT_OK, ..
+        } => Ok(Verdict::untranslated(fragments::first_incoming(
+            ctx, &ip, now,
+        ))),
+        other => Ok(other),
     }
 }
 
 /// Translates a whole packet (or a first fragment) arriving at the NAT
 /// address back to its pod, or leaves it to the host.
 #[inline(always)]
-fn unsnat_packet(ctx: &TcContext, ip: &Ipv4, cfg: &NatConfig, now: u64) -> Result<i32, ()> {
+fn unsnat_packet(ctx: &TcContext, ip: &Ipv4, cfg: &NatConfig, now: u64) -> Result<Verdict, ()> {
     let l4 = match parse_transport(ctx, ip) {
         Ok(Some(l4)) if ip.proto != IPPROTO_ICMP || l4.icmp_type == ICMP_ECHO_REPLY => l4,
         Ok(Some(l4)) if icmp_error::is_error(l4.icmp_type) => {
@@ -181,7 +216,8 @@ fn unsnat_packet(ctx: &TcContext, ip: &Ipv4, cfg: &NatConfig, now: u64) -> Resul
                 Err(Untranslated::RewriteFailed) => drop(Counter::DropRewrite),
             };
         }
-        _ => return pass(Counter::PassedNoFlow),
+        Ok(_) => return pass(Counter::PassedNoFlow),
+        Err(_) => return pass(Counter::PassedMalformed),
     };
     let key = FlowKey::new(ip.src, ip.dst, l4.src_port, l4.dst_port, ip.proto);
     let Some(entry) = conntrack::reply_entry(&key) else {
@@ -212,7 +248,7 @@ fn apply(
     entry: *mut FlowEntry,
     (now, seen): (u64, u8),
     done: Counter,
-) -> Result<i32, ()> {
+) -> Result<Verdict, ()> {
     // SAFETY: map value pointer, valid for this run.
     let (new_addr, new_port) = unsafe { ((*entry).rewrite_addr, (*entry).rewrite_port) };
     if rewrite(
@@ -227,5 +263,9 @@ fn apply(
         return drop(Counter::DropRewrite);
     }
     conntrack::touch(entry, now, ctx.len(), seen);
-    pass(done)
+    count(done);
+    Ok(Verdict {
+        action: TC_ACT_OK,
+        translated: true,
+    })
 }

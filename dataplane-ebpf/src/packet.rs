@@ -59,6 +59,8 @@ const IP_OFFSET_MASK: u16 = 0x1fff;
 const L4_PREFIX: usize = 8;
 /// Offset of the flags byte in a TCP header.
 const TCP_FLAGS_OFF: usize = 13;
+/// A TCP header without options: NAT rewrites its checksum at offset 16.
+const TCP_HEADER_LEN: usize = 20;
 
 /// Returns a pointer to a `T` at `offset`, pulling non-linear data into the
 /// linear area once if needed (GRO'd skbs may carry headers in frags).
@@ -98,6 +100,15 @@ pub fn parse_ipv4(ctx: &TcContext) -> Result<Ipv4, ParseError> {
     if ip.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN {
         return Err(ParseError::Malformed);
     }
+    // The whole header, and as many bytes as the packet says it has, must
+    // be there (0: a GSO super-packet's length may not fit the field).
+    let total_len = u16::from_be_bytes(ip.tot_len) as usize;
+    let frame_len = ctx.len() as usize;
+    if l3_off + header_len > frame_len
+        || (total_len != 0 && (total_len < header_len || l3_off + total_len > frame_len))
+    {
+        return Err(ParseError::Malformed);
+    }
     let frags = u16::from_be_bytes(ip.frags);
     Ok(Ipv4 {
         l3_off,
@@ -106,7 +117,7 @@ pub fn parse_ipv4(ctx: &TcContext) -> Result<Ipv4, ParseError> {
         dst: u32::from_ne_bytes(ip.dst_addr),
         proto: ip.proto,
         id: u16::from_ne_bytes(ip.id),
-        total_len: u16::from_be_bytes(ip.tot_len),
+        total_len: total_len as u16,
         is_fragment: frags & (IP_MF | IP_OFFSET_MASK) != 0,
         has_transport_header: frags & IP_OFFSET_MASK == 0,
     })
@@ -118,7 +129,7 @@ pub fn parse_ipv4(ctx: &TcContext) -> Result<Ipv4, ParseError> {
 pub fn parse_transport(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Transport>, ParseError> {
     match ip.proto {
         IPPROTO_TCP => {
-            let head: [u8; TCP_FLAGS_OFF + 1] = load(ctx, ip.l4_off)?;
+            let head: [u8; TCP_HEADER_LEN] = load(ctx, ip.l4_off)?;
             Ok(Some(Transport {
                 src_port: u16::from_ne_bytes([head[0], head[1]]),
                 dst_port: u16::from_ne_bytes([head[2], head[3]]),
@@ -127,7 +138,8 @@ pub fn parse_transport(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Transport>, 
             }))
         }
         IPPROTO_UDP => {
-            let ports: [u16; 2] = load(ctx, ip.l4_off)?;
+            // The whole header: the checksum is rewritten too.
+            let ports: [u16; 4] = load(ctx, ip.l4_off)?;
             Ok(Some(Transport {
                 src_port: ports[0],
                 dst_port: ports[1],

@@ -58,13 +58,13 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
-    /// Create the lab: NAME-host (bridge cni0, uplink eth0), NAME-out (outside peer), NAME-c1..cN.
+    /// Create the lab: NAME-host (bridge cni0, uplink eth0), NAME-out (outside peer), NAME-c1..cN; NAME-far with --far-peer.
     Up(LabUpArgs),
     /// Remove the lab's namespaces, interfaces and any datapath pinned in it.
     Down(LabNameArgs),
     /// Show the lab's namespaces, interfaces and addresses.
     Status(LabStatusArgs),
-    /// Run a command in a lab node: `host`, `out` or `c1`..`cN`.
+    /// Run a command in a lab node: `host`, `out`, `far` (with --far-peer) or `c1`..`cN`.
     Exec(LabExecArgs),
 }
 
@@ -82,6 +82,12 @@ pub struct LabUpArgs {
     /// Number of containers (namespaces NAME-c1..NAME-cN, 10.85.0.2 upwards).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub containers: u16,
+    /// Also build NAME-far (198.51.100.2), one routed hop beyond NAME-out over a 1280-byte MTU
+    /// link: traceroute from a container shows the hop past the uplink, and TCP to NAME-far needs
+    /// path MTU discovery (NAME-far announces MSS 1460). Both rely on NAME-out's ICMP errors,
+    /// sent to the NAT address, being translated back to the container.
+    #[arg(long)]
+    pub far_peer: bool,
 }
 
 #[derive(Debug, Args)]
@@ -97,7 +103,7 @@ pub struct LabStatusArgs {
 pub struct LabExecArgs {
     #[command(flatten)]
     pub lab: LabNameArgs,
-    /// Node to run in: host, out, c1, c2, ...
+    /// Node to run in: host, out, far, c1, c2, ...
     pub node: String,
     /// The command and its arguments (after `--`).
     #[arg(last = true, required = true, num_args = 1..)]
@@ -114,6 +120,13 @@ pub enum LinkType {
     Tcx,
     /// clsact qdisc + cls_bpf filters (any kernel with BPF).
     Clsact,
+}
+
+/// `on` or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 #[derive(Debug, Args)]
@@ -147,6 +160,11 @@ pub struct AttachArgs {
     /// How to attach the TC programs.
     #[arg(long, value_enum, default_value_t)]
     pub link_type: LinkType,
+    /// Forward masqueraded traffic between bridge and uplink in eBPF, past the host's IP stack
+    /// (and so past its netfilter FORWARD/POSTROUTING rules); what it cannot handle takes the
+    /// normal path. `run` switches it on an adopted datapath too.
+    #[arg(long, value_enum, default_value = "on", value_name = "on|off")]
+    pub fast_path: Switch,
 }
 
 #[derive(Debug, Args)]

@@ -72,7 +72,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 async fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Lab(LabCommand::Up(args)) => lab::up(&args.lab.name, args.containers).await,
+        Command::Lab(LabCommand::Up(args)) => {
+            let spec = lab::LabSpec {
+                containers: args.containers,
+                far_peer: args.far_peer,
+            };
+            lab::up_with(&args.lab.name, spec).await
+        }
         Command::Lab(LabCommand::Down(args)) => lab::down(&args.name).await,
         Command::Lab(LabCommand::Status(args)) => lab::status(&args.lab.name, args.json).await,
         Command::Lab(LabCommand::Exec(_)) => unreachable!("handled before the runtime starts"),

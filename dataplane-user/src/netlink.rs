@@ -22,6 +22,7 @@ use rtnetlink::{
         AddressFamily,
         address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage},
         link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+        route::{RouteAttribute, RouteMetric},
     },
 };
 
@@ -299,15 +300,41 @@ impl Netlink {
 
     /// Adds a default route via `gateway` to the main table.
     pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gateway)
-            .build();
+        self.add_route(Route {
+            destination: None,
+            gateway,
+            advmss: None,
+        })
+        .await
+    }
+
+    /// Adds `route` to the main table.
+    pub async fn add_route(&self, route: Route) -> Result<()> {
+        let mut builder = RouteMessageBuilder::<Ipv4Addr>::new().gateway(route.gateway);
+        if let Some(net) = route.destination {
+            builder = builder.destination_prefix(net.network(), net.prefix_len());
+        }
+        let mut message = builder.build();
+        if let Some(mss) = route.advmss {
+            message
+                .attributes
+                .push(RouteAttribute::Metrics(vec![RouteMetric::Advmss(mss)]));
+        }
         self.handle
             .route()
-            .add(route)
+            .add(message)
             .execute()
             .await
-            .map_err(|e| self.failed(e, format_args!("adding default route via {gateway}")))
+            .map_err(|e| self.failed(e, format_args!("adding the {route}")))
+    }
+
+    /// Sets the MTU of interface `ifindex`.
+    pub async fn set_mtu(&self, ifindex: u32, mtu: u32) -> Result<()> {
+        self.set_link(
+            LinkUnspec::new_with_index(ifindex).mtu(mtu).build(),
+            format_args!("setting MTU {mtu} on interface {ifindex}"),
+        )
+        .await
     }
 
     async fn add_link(&self, message: LinkMessage, what: fmt::Arguments<'_>) -> Result<()> {
@@ -403,6 +430,29 @@ fn is_secondary(message: &AddressMessage) -> bool {
 }
 
 /// Names the namespace with nsfs identity (`dev`, `ino`), like `ip netns identify`.
+/// An IPv4 unicast route in the main table.
+pub struct Route {
+    /// `None`: the default route.
+    pub destination: Option<Ipv4Net>,
+    pub gateway: Ipv4Addr,
+    /// The MSS TCP announces to peers reached through this route.
+    pub advmss: Option<u32>,
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.destination {
+            Some(net) => write!(f, "route to {net}")?,
+            None => f.write_str("default route")?,
+        }
+        write!(f, " via {}", self.gateway)?;
+        if let Some(mss) = self.advmss {
+            write!(f, " advmss {mss}")?;
+        }
+        Ok(())
+    }
+}
+
 fn describe_netns(dev: u64, ino: u64) -> String {
     let same = |path: &Path| fs::metadata(path).is_ok_and(|m| m.dev() == dev && m.ino() == ino);
     let named = fs::read_dir(NETNS_DIR)

@@ -35,6 +35,10 @@ struct Programs {
 
 impl Programs {
     fn load(name: &str, ports: PortRange) -> Self {
+        Self::load_with(name, ports, false)
+    }
+
+    fn load_with(name: &str, ports: PortRange, fast_path: bool) -> Self {
         assert!(
             nix::unistd::geteuid().is_root(),
             "BPF_PROG_TEST_RUN tests need root"
@@ -57,6 +61,7 @@ impl Programs {
             ports,
             ct_max: 1024,
             timeouts: Default::default(),
+            fast_path,
         };
         let mut ebpf = loader::load(&instance, &resolved).expect("load");
         loader::configure(&mut ebpf, &resolved.nat_config(), &resolved).expect("configure");
@@ -560,4 +565,71 @@ fn icmp_error_quoting_a_masqueraded_packet_goes_back_to_the_pod() {
         p.run(maps::PROG_UPLINK_INGRESS, &unrelated),
         (TC_ACT_OK, unrelated.clone())
     );
+}
+
+/// `f` addressed to the MAC of the test run's device (lo: all zeroes), as a
+/// frame routed through the host is: only those are the fast path's.
+fn to_this_host(mut f: Vec<u8>) -> Vec<u8> {
+    f[..6].fill(0);
+    f
+}
+
+/// `f` with 4 bytes of IPv4 options (NOPs).
+fn with_ip_options(mut f: Vec<u8>) -> Vec<u8> {
+    let ip = ETH_LEN;
+    f.splice(ip + IP_LEN..ip + IP_LEN, [1, 1, 1, 1]);
+    f[ip] = 0x46;
+    let total = u16::from_be_bytes([f[ip + 2], f[ip + 3]]) + 4;
+    f[ip + 2..ip + 4].copy_from_slice(&total.to_be_bytes());
+    f[ip + 10..ip + 12].fill(0);
+    let sum = checksum(&f[ip..ip + IP_LEN + 4]);
+    f[ip + 10..ip + 12].copy_from_slice(&sum.to_be_bytes());
+    f
+}
+
+#[test]
+fn the_fast_path_leaves_what_it_cannot_forward_untouched_and_says_why() {
+    let mut p = Programs::load_with("fastpath", FULL_RANGE, true);
+    let packet = |dst| to_this_host(frame(POD1, dst, 17, udp(5000, 53, b"q"), 0, false));
+    let mut ttl_one = packet(PEER);
+    ttl_one[ETH_LEN + 8] = 1;
+    let ttl_sum = {
+        ttl_one[ETH_LEN + 10..ETH_LEN + 12].fill(0);
+        checksum(&ttl_one[ETH_LEN..ETH_LEN + IP_LEN])
+    };
+    ttl_one[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&ttl_sum.to_be_bytes());
+    let cases = [
+        (ttl_one, Counter::FallbackTtl),
+        (with_ip_options(packet(PEER)), Counter::FallbackIpOptions),
+        (
+            to_this_host(frame(POD1, PEER, 17, udp(5000, 53, b"q"), 0x2000, false)),
+            Counter::FallbackFragment,
+        ),
+        (packet(POD2), Counter::FallbackExcluded),
+        (
+            to_this_host(frame(POD1, PEER, 47, vec![0; 8], 0, false)),
+            Counter::FallbackUnsupported,
+        ),
+        (
+            to_this_host(frame(POD1, PEER, 1, icmp_echo(0, 7), 0, false)),
+            Counter::FallbackUnsupported,
+        ),
+    ];
+    for (n, (f, reason)) in cases.iter().enumerate() {
+        let (verdict, out) = p.run(maps::PROG_BRIDGE_INGRESS, f);
+        assert_eq!(verdict, TC_ACT_OK, "{reason:?}: to the host stack");
+        assert_eq!(&out, f, "{reason:?}: the frame must be left as it was");
+        assert!(p.counter(*reason) >= 1, "{reason:?} not counted (case {n})");
+    }
+    assert_eq!(p.counter(Counter::FastPathOut), 0);
+}
+
+#[test]
+fn with_the_fast_path_off_the_bridge_program_passes_everything() {
+    let mut p = Programs::load("fastoff", FULL_RANGE);
+    let f = to_this_host(frame(POD1, PEER, 17, udp(5000, 53, b"q"), 0, false));
+    let (verdict, out) = p.run(maps::PROG_BRIDGE_INGRESS, &f);
+    assert_eq!((verdict, out), (TC_ACT_OK, f));
+    let counted: u64 = Counter::ALL.iter().map(|&c| p.counter(c)).sum();
+    assert_eq!(counted, 0, "the dormant program counted something");
 }

@@ -18,7 +18,9 @@ pub fn attach_args(lab: &Lab, extra: &[&str]) -> Vec<String> {
 }
 
 /// `bpfmasq --netns NAME-host VERB --bridge cni0 --uplink eth0 EXTRA...`, for
-/// the verbs that take attach's flags (`attach`, `run`).
+/// the verbs that take attach's flags (`attach`, `run`). Unless `extra`
+/// chooses, `--fast-path` follows [`FAST_PATH_ENV`], so the whole suite runs
+/// once with the fast path on and once with it off.
 pub fn uplink_verb_args(lab: &Lab, verb: &str, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "--netns",
@@ -32,7 +34,27 @@ pub fn uplink_verb_args(lab: &Lab, verb: &str, extra: &[&str]) -> Vec<String> {
     .map(String::from)
     .to_vec();
     args.extend(extra.iter().map(|s| s.to_string()));
+    if let Some(mode) = fast_path_mode()
+        && !extra.contains(&"--fast-path")
+    {
+        args.extend(["--fast-path".to_owned(), mode]);
+    }
     args
+}
+
+/// Environment variable choosing `--fast-path on|off` for every attach and
+/// run of the suite (unset: bpfmasq's default).
+pub const FAST_PATH_ENV: &str = "BPFMASQ_E2E_FAST_PATH";
+
+/// The `--fast-path` value [`FAST_PATH_ENV`] asks for; panics on anything
+/// but `on`/`off`, so a typo never silently tests the default.
+pub fn fast_path_mode() -> Option<String> {
+    let mode = std::env::var(FAST_PATH_ENV).ok()?;
+    assert!(
+        mode == "on" || mode == "off",
+        "{FAST_PATH_ENV}={mode}: expected on or off"
+    );
+    Some(mode)
 }
 
 /// Runs `attach` with `extra` arguments and returns its output, attaching no guard:

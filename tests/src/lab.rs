@@ -13,7 +13,7 @@ use bpfmasq::netns::NetNs;
 use crate::{
     netns::run_in,
     product::{self, bpfmasq, try_bpfmasq},
-    topology::{HOST, OUT, UPLINK, container},
+    topology::{FAR, HOST, OUT, UPLINK, container},
 };
 
 /// Longest lab name the tests use.
@@ -34,6 +34,16 @@ impl Lab {
     /// Builds the lab `e2e-<id>-<pid>` with `containers` containers.
     /// `id` is a short, per-test name; the pid keeps parallel runs apart.
     pub fn up(id: &str, containers: u16) -> Self {
+        Self::build(id, containers, false)
+    }
+
+    /// Like [`Lab::up`], plus the far peer (`lab up --far-peer`): node
+    /// [`FAR`], one routed hop beyond the outside peer over a 1280-byte MTU link.
+    pub fn up_with_far_peer(id: &str, containers: u16) -> Self {
+        Self::build(id, containers, true)
+    }
+
+    fn build(id: &str, containers: u16, far_peer: bool) -> Self {
         product::require_root();
         product::bin();
         let name = format!("e2e-{id}-{}", std::process::id());
@@ -47,11 +57,15 @@ impl Lab {
             lab.teardown(); // left over from an earlier run with the same pid
         }
         let count = containers.to_string();
-        let out = bpfmasq(["lab", "up", "--name", &lab.name, "--containers", &count]);
+        let mut args = vec!["lab", "up", "--name", &lab.name, "--containers", &count];
+        if far_peer {
+            args.push("--far-peer");
+        }
+        let out = bpfmasq(&args);
         assert!(
             out.status.success(),
-            "`bpfmasq lab up --name {} --containers {count}` failed: {}",
-            lab.name,
+            "`bpfmasq {}` failed: {}",
+            args.join(" "),
             crate::process::describe(&out)
         );
         lab
@@ -67,7 +81,7 @@ impl Lab {
         self.containers
     }
 
-    /// The namespace of `node` (`host`, `out`, `c1`...).
+    /// The namespace of `node` (`host`, `out`, `far`, `c1`...).
     pub fn ns(&self, node: &str) -> String {
         format!("{}-{node}", self.name)
     }
@@ -104,7 +118,8 @@ impl Lab {
     /// The lab's namespaces that currently exist.
     pub fn namespaces(&self) -> Vec<String> {
         let prefix = format!("{}-", self.name);
-        let mut nodes = vec![HOST.to_owned(), OUT.to_owned()];
+        // The far peer too, whether asked for or not: a leftover is a leftover.
+        let mut nodes = vec![HOST.to_owned(), OUT.to_owned(), FAR.to_owned()];
         nodes.extend((1..=self.containers).map(container));
         NetNs::list()
             .unwrap_or_default()

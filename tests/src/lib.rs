@@ -24,7 +24,13 @@
 //! - [`refusal`]: what a cleanly refused command looks like;
 //! - [`echo`]: the tagged answer echo servers give;
 //! - [`tcp`], [`udp`]: servers that stop by themselves and clients with timeouts;
+//! - [`udp_flows`]: thousands of UDP flows from one node at once, answers checked per flow;
+//! - [`udp_flows_process`]: those flows in a child process per node (the `udp_flows` binary);
+//! - [`fragments`]: one UDP datagram sent as IPv4 fragments in a chosen order (scapy);
 //! - [`capture`]: an AF_PACKET capture recording IPv4 sources seen on an interface;
+//! - [`frame`]: hand-built (and deliberately broken) Ethernet + IPv4 frames, and reading them back;
+//! - [`inject`]: sending such frames out of a lab interface with an AF_PACKET socket;
+//! - [`snmp`]: the kernel's own IP counters of a lab node;
 //! - [`daemon_support`]: `bpfmasq run` as a guarded child process, polling with a deadline;
 //! - [`netfilter`]: looking for NAT rules in a namespace.
 
@@ -33,7 +39,9 @@ pub mod daemon_support;
 pub mod datapath;
 pub mod echo;
 pub mod fragments;
+pub mod frame;
 pub mod icmp;
+pub mod inject;
 pub mod lab;
 pub mod netfilter;
 pub mod netns;
@@ -41,9 +49,12 @@ pub mod pattern;
 pub mod process;
 pub mod product;
 pub mod refusal;
+pub mod snmp;
 pub mod tcp;
 pub mod topology;
 pub mod udp;
+pub mod udp_flows;
+pub mod udp_flows_process;
 
 pub use datapath::Datapath;
 pub use lab::{Lab, exec_in};

@@ -267,6 +267,54 @@ pub fn echo_tagged(
     }
 }
 
+/// Server handler factory for long-lived connections: answers every line
+/// (`\n` included) with [`echo::reply`]`(tag, line)` as it arrives, waiting
+/// up to `idle` for the next one, until the client shuts down its side;
+/// returns every line received. A one-line request of [`request`] gets the
+/// same answer as from [`echo_tagged`].
+pub fn echo_lines(
+    tag: &str,
+    idle: Duration,
+) -> impl Fn(&mut TcpStream, SocketAddrV4) -> io::Result<Vec<u8>> + Send + Sync + 'static {
+    let tag = tag.to_owned();
+    move |stream, _peer| {
+        stream.set_read_timeout(Some(idle))?;
+        let mut received = Vec::new();
+        loop {
+            let line = read_line(stream)?;
+            if line.is_empty() {
+                return Ok(received);
+            }
+            stream.write_all(&echo::reply(&tag, &line))?;
+            received.extend_from_slice(&line);
+        }
+    }
+}
+
+/// Client side of [`echo_lines`]: sends `line` (which ends in `\n`) and
+/// returns the one-line answer, keeping the connection open.
+pub fn ask_line(stream: &mut TcpStream, line: &[u8]) -> io::Result<Vec<u8>> {
+    let what = |e| context(e, &format!("TCP line {}", echo::show(line)));
+    stream.write_all(line).map_err(what)?;
+    read_line(stream).map_err(what)
+}
+
+/// Bytes up to and including the next `\n`, or up to the end of the stream
+/// (empty at its end). Byte by byte, so nothing past the line is consumed.
+fn read_line(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+    let mut line = Vec::new();
+    let mut byte = [0; 1];
+    while line.len() < MAX_REQUEST as usize && line.last() != Some(&b'\n') {
+        match stream.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(line)
+}
+
 /// Client side of [`echo_tagged`]: sends `payload`, shuts down the sending
 /// side and returns the whole answer.
 pub fn request(stream: &mut TcpStream, payload: &[u8]) -> io::Result<Vec<u8>> {

@@ -16,10 +16,19 @@ pub const HOST_UPLINK_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 61, 11);
 /// The outside peer, which has no route back to the pod network.
 pub const OUTSIDE_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 61, 12);
 
+/// The far peer (`lab up --far-peer`), one routed hop beyond the outside peer.
+pub const FAR_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// The far peer's interface (in `NAME-far`).
+pub const FAR_IFACE: &str = "eth0";
+/// MTU of the link between the outside peer and the far peer, both ends.
+pub const FAR_LINK_MTU: u16 = 1280;
+
 /// The lab's host node (`NAME-host`).
 pub const HOST: &str = "host";
 /// The lab's outside peer node (`NAME-out`).
 pub const OUT: &str = "out";
+/// The lab's far peer node (`NAME-far`), only with `lab up --far-peer`.
+pub const FAR: &str = "far";
 
 /// The node name of container `i` (1-based): `c1`, `c2`, ...
 pub fn container(i: u16) -> String {

@@ -5,6 +5,7 @@ use std::{
     collections::BTreeSet,
     io,
     net::{SocketAddr, SocketAddrV4, UdpSocket},
+    os::fd::AsRawFd,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
@@ -43,18 +44,68 @@ pub struct UdpEchoServer {
     thread: Option<JoinHandle<()>>,
 }
 
+/// What a [`UdpEchoServer`] answers and how it is sized.
+#[derive(Clone, Copy, Debug)]
+struct Serving {
+    /// Answer [`echo::reply_with_source`] instead of [`echo::reply`].
+    with_source: bool,
+    /// SO_RCVBUFFORCE/SO_SNDBUFFORCE, for bursts of many flows.
+    buffer_bytes: Option<libc::c_int>,
+    lifetime: Duration,
+}
+
 impl UdpEchoServer {
     /// Binds `addr` inside `node` (bound before this returns) and starts answering.
     pub fn spawn(lab: &Lab, node: &str, addr: SocketAddrV4, tag: &str) -> Self {
+        let serving = Serving {
+            with_source: false,
+            buffer_bytes: None,
+            lifetime: SERVER_LIFETIME,
+        };
+        Self::spawn_serving(lab, node, addr, tag, serving)
+    }
+
+    /// A server for many flows at once: socket buffers of `buffer_bytes`
+    /// (forced past the sysctl limits) so that bursts are not dropped, answers
+    /// [`echo::reply_with_source`] (the source it saw), stops after `lifetime`.
+    pub fn spawn_for_many_flows(
+        lab: &Lab,
+        node: &str,
+        addr: SocketAddrV4,
+        tag: &str,
+        buffer_bytes: libc::c_int,
+        lifetime: Duration,
+    ) -> Self {
+        let serving = Serving {
+            with_source: true,
+            buffer_bytes: Some(buffer_bytes),
+            lifetime,
+        };
+        Self::spawn_serving(lab, node, addr, tag, serving)
+    }
+
+    fn spawn_serving(
+        lab: &Lab,
+        node: &str,
+        addr: SocketAddrV4,
+        tag: &str,
+        serving: Serving,
+    ) -> Self {
         let socket = bind(lab, node, addr).unwrap_or_else(|e| panic!("UDP echo server: {e}"));
         socket
             .set_read_timeout(Some(POLL))
             .expect("setting a read timeout");
+        if let Some(bytes) = serving.buffer_bytes {
+            for option in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
+                set_socket_option(&socket, option, bytes)
+                    .unwrap_or_else(|e| panic!("UDP echo server on {addr}: {e}"));
+            }
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(Mutex::new(Vec::new()));
         let (stopped, record) = (Arc::clone(&stop), Arc::clone(&requests));
         let tag = tag.to_owned();
-        let thread = thread::spawn(move || serve(&socket, &tag, &stopped, &record));
+        let thread = thread::spawn(move || serve(&socket, &tag, serving, &stopped, &record));
         Self {
             addr,
             stop,
@@ -93,19 +144,58 @@ impl Drop for UdpEchoServer {
     }
 }
 
-fn serve(socket: &UdpSocket, tag: &str, stop: &AtomicBool, requests: &Mutex<Vec<Request>>) {
-    let deadline = Instant::now() + SERVER_LIFETIME;
+/// Sets the SOL_SOCKET option `option` of `socket` to `value`.
+fn set_socket_option(
+    socket: &UdpSocket,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: a valid socket descriptor and a pointer to a c_int of the given length.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(context(
+            io::Error::last_os_error(),
+            &format!("setsockopt({option}, {value})"),
+        ))
+    }
+}
+
+fn serve(
+    socket: &UdpSocket,
+    tag: &str,
+    serving: Serving,
+    stop: &AtomicBool,
+    requests: &Mutex<Vec<Request>>,
+) {
+    let deadline = Instant::now() + serving.lifetime;
     let mut buf = vec![0; MAX_DATAGRAM];
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
         match socket.recv_from(&mut buf) {
             Ok((n, SocketAddr::V4(peer))) => {
                 let payload = buf[..n].to_vec();
-                // A lost answer shows up as a client timeout, with this request recorded.
-                let _ = socket.send_to(&echo::reply(tag, &payload), peer);
+                let answer = if serving.with_source {
+                    echo::reply_with_source(tag, peer, &payload)
+                } else {
+                    echo::reply(tag, &payload)
+                };
+                // Recorded before answering: whoever got the answer finds
+                // the request here. A lost answer shows up as a client
+                // timeout, with this request recorded.
                 requests
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .push(Request { peer, payload });
+                let _ = socket.send_to(&answer, peer);
             }
             Ok((_, SocketAddr::V6(_))) => {}
             Err(e)

@@ -127,6 +127,7 @@ fn quick_bench_measures_every_supported_variant_and_cleans_up() {
         "nftables",
         "nftables-flowtable",
         "bpfmasq",
+        "bpfmasq-fast",
     ] {
         assert!(
             variants.iter().any(|v| v["variant"] == expected),
@@ -149,7 +150,7 @@ fn quick_bench_measures_every_supported_variant_and_cleans_up() {
         for &workload in &workloads {
             let applies = match workload {
                 "control-plane" => variant != "routed",
-                "ebpf-cost" => variant == "bpfmasq",
+                "ebpf-cost" => variant.starts_with("bpfmasq"),
                 _ => true,
             };
             if !applies {
@@ -195,10 +196,10 @@ fn quick_bench_measures_every_supported_variant_and_cleans_up() {
         "no eBPF ns/run figure for bpfmasq"
     );
     let summary = record["summary"].as_array().expect("summary");
-    assert!(
-        summary
-            .iter()
-            .any(|r| r["bpfmasq_over_iptables"]["ratio"].as_f64().is_some()),
-        "no bpfmasq/iptables ratio in the summary"
-    );
+    for ratio in ["bpfmasq_over_iptables", "fast_over_iptables"] {
+        assert!(
+            summary.iter().any(|r| r[ratio]["ratio"].as_f64().is_some()),
+            "no {ratio} ratio in the summary"
+        );
+    }
 }

@@ -29,9 +29,7 @@ use bpfmasq_e2e::{
     product::bpfmasq,
     refusal::assert_refused,
     tcp::{self, TcpServer},
-    topology::{
-        HOST, HOST_UPLINK_ADDR, OUT, OUTSIDE_ADDR, UPLINK, container, container_addr, in_pod_net,
-    },
+    topology::{HOST, HOST_UPLINK_ADDR, OUT, OUTSIDE_ADDR, UPLINK, container, container_addr},
     udp::{self, UdpEchoServer},
 };
 use dataplane_common::flow::{Direction, FlowEntry, FlowKey, IPPROTO_UDP};
@@ -103,7 +101,7 @@ fn flow_from_port(flows: &[Value], port: u16) -> Option<&Value> {
         .find(|f| port_of(&f["src"]) == Some(u64::from(port)))
 }
 
-/// Program ids of the uplink's hooks, from `status --json`.
+/// Program ids of the datapath's hooks (uplink egress and ingress, bridge ingress), from `status --json`.
 fn program_ids(lab: &Lab) -> Vec<u64> {
     let status = host_json(lab, &["status", "--json"]);
     status["hooks"]
@@ -122,12 +120,13 @@ fn sigkill_mid_transfer_then_a_new_run_adopts_and_the_transfer_completes() {
     const LEN: u64 = 200 * 1024 * 1024;
     const SEED: u64 = 0x5eed_da3e;
     let lab = Lab::up("kill", 1);
-    // 200 MB at 200 Mbit/s take about 8 s: the kill and the restart certainly
-    // happen while the transfer runs (checked below, not assumed).
+    // 200 MB at 100 Mbit/s take about 16 s: the kill and the restart happen
+    // while the transfer runs even on a loaded machine, where loading the
+    // programs again takes seconds (checked below, not assumed).
     host_exec(
         &lab,
         &[
-            "tc", "qdisc", "add", "dev", UPLINK, "root", "tbf", "rate", "200mbit", "burst",
+            "tc", "qdisc", "add", "dev", UPLINK, "root", "tbf", "rate", "100mbit", "burst",
             "256kb", "latency", "200ms",
         ],
     );
@@ -199,7 +198,7 @@ fn sigkill_mid_transfer_then_a_new_run_adopts_and_the_transfer_completes() {
         "server saw {served:?}"
     );
     let ids_after = program_ids(&lab);
-    assert_eq!(ids_after.len(), 2, "status shows {ids_after:?}");
+    assert_eq!(ids_after.len(), 3, "status shows {ids_after:?}");
     assert!(
         ids_after.iter().all(|id| !ids_before.contains(id)),
         "adopting should swap new programs into the links: before {ids_before:?}, after {ids_after:?}"
@@ -363,11 +362,7 @@ fn a_full_table_drops_new_flows_and_keeps_established_ones() {
     }
 
     let seen = capture.stop();
-    let leaked: Vec<_> = seen
-        .ipv4_sources
-        .keys()
-        .filter(|addr| in_pod_net(**addr))
-        .collect();
+    let leaked = seen.pod_sources();
     assert!(
         leaked.is_empty(),
         "packets with pod sources reached the outside peer: {leaked:?} (all: {seen:?})"

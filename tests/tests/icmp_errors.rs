@@ -6,6 +6,7 @@ use std::{io::ErrorKind, net::SocketAddrV4, time::Duration};
 use bpfmasq_e2e::{
     Datapath, Lab,
     datapath::counter,
+    icmp,
     topology::{OUTSIDE_ADDR, container, container_addr},
     udp,
 };
@@ -59,21 +60,7 @@ fn the_hosts_own_time_exceeded_reaches_the_container() {
     let lab = Lab::up("ttl", 1);
     let dp = Datapath::attach(&lab);
     // TTL 1 expires at the host (hop 1), which answers the pod directly.
-    let out = lab.exec(
-        &container(1),
-        &[
-            "ping",
-            "-n",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            "-t",
-            "1",
-            &OUTSIDE_ADDR.to_string(),
-        ],
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = icmp::ping_expiring_at_first_hop(&lab, &container(1), OUTSIDE_ADDR);
     assert!(
         text.contains("Time to live exceeded") && text.contains("10.85.0.1"),
         "c1 did not get the host's time-exceeded: {text}\n{}",

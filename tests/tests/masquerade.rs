@@ -18,9 +18,7 @@ use bpfmasq_e2e::{
     netfilter,
     process::{describe, success},
     tcp::{self, TcpServer},
-    topology::{
-        HOST, HOST_UPLINK_ADDR, OUT, OUTSIDE_ADDR, UPLINK, container, container_addr, in_pod_net,
-    },
+    topology::{HOST, HOST_UPLINK_ADDR, OUT, OUTSIDE_ADDR, UPLINK, container, container_addr},
     udp::{self, UdpEchoServer},
 };
 
@@ -329,11 +327,7 @@ fn the_outside_peer_only_ever_sees_the_uplink_address() {
     }
     let captured = capture.stop();
 
-    let leaked: Vec<_> = captured
-        .ipv4_sources
-        .keys()
-        .filter(|a| in_pod_net(**a))
-        .collect();
+    let leaked = captured.pod_sources();
     assert!(
         leaked.is_empty(),
         "the outside peer received frames from pod addresses {leaked:?} (all IPv4 sources with frame counts: {:?})\n{}",

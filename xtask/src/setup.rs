@@ -29,6 +29,9 @@ const PACKAGES: &[&str] = &[
     "iperf3",
     "python3-scapy",
     "procps",
+    // tests/tests/path.rs: hops and path MTU past the uplink.
+    "traceroute",
+    "iputils-tracepath",
     // `bpfmasq bench` (util-linux's taskset is essential, always there).
     "wrk",
     "nginx-light",

@@ -1,5 +1,7 @@
 //! `cargo xtask test`: setup, build, then every test of the workspace (the
 //! unit tests and the end-to-end tests in tests/), against the built binary.
+//! The end-to-end tests run twice: with the fast path on (with everything
+//! else), then again with it off, so both datapaths stay correct.
 
 use std::{ffi::OsString, time::Instant};
 
@@ -11,6 +13,12 @@ use crate::{build, cmd::Cmd, ui, workspace};
 /// Parallel test threads: the e2e tests each build a lab of namespaces and
 /// move real packets; more than this on a 2-core machine only adds timeouts.
 const TEST_THREADS: &str = "4";
+
+/// The e2e package, and the variable its helpers read to choose `--fast-path`.
+const E2E_PACKAGE: &str = "bpfmasq-e2e";
+const FAST_PATH_ENV: &str = "BPFMASQ_E2E_FAST_PATH";
+/// Tests the second pass skips: they do not depend on `--fast-path`.
+const MODE_INDEPENDENT: &[&str] = &["quick_bench"];
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
@@ -40,26 +48,43 @@ pub fn run(args: &TestArgs) -> Result<()> {
         .iter()
         .any(|a| a.to_string_lossy().starts_with("--test-threads")))
     .then_some(["--test-threads", TEST_THREADS]);
-    Cmd::new(workspace::cargo())
-        .env("BPFMASQ_BIN", &bin)
-        .args([
-            "test",
-            "--release",
-            "--workspace",
-            "--exclude",
-            "dataplane-ebpf",
-        ])
-        .args(cargo_args)
-        .arg("--")
-        .args(threads.into_iter().flatten())
-        .args(harness_args)
-        .current_dir(workspace::root())
-        .run()?;
+    let test = |mode: &str, packages: &[&str], skip: &[&str]| {
+        ui::step(&format!("tests with the fast path {mode}"));
+        Cmd::new(workspace::cargo())
+            .env("BPFMASQ_BIN", &bin)
+            .env(FAST_PATH_ENV, mode)
+            .args(["test", "--release"])
+            .args(packages)
+            .args(cargo_args)
+            .arg("--")
+            .args(threads.into_iter().flatten())
+            .args(skip.iter().flat_map(|name| ["--skip", name]))
+            .args(harness_args)
+            .current_dir(workspace::root())
+            .run()
+    };
+    test("on", &["--workspace", "--exclude", "dataplane-ebpf"], &[])?;
+    // A selection of the caller's own is repeated as it is; by default only
+    // the end-to-end package runs again (unit tests do not depend on it).
+    let second_pass: &[&str] = if selects_packages(cargo_args) {
+        &[]
+    } else {
+        &["-p", E2E_PACKAGE]
+    };
+    test("off", second_pass, MODE_INDEPENDENT)?;
     ui::ok(&format!(
         "all tests passed ({:.0} s)",
         started.elapsed().as_secs_f64()
     ));
     Ok(())
+}
+
+/// Whether cargo arguments choose the packages themselves.
+fn selects_packages(cargo_args: &[OsString]) -> bool {
+    cargo_args.iter().any(|a| {
+        let a = a.to_string_lossy();
+        a == "-p" || a.starts_with("--package") || a == "--workspace" || a.starts_with("--exclude")
+    })
 }
 
 /// Splits `filter -- --nocapture` into cargo's part and the harness's part.
@@ -103,6 +128,14 @@ mod tests {
         );
         assert_eq!(parse(&["-p", "xtask"]), os(&["-p", "xtask"]));
         assert_eq!(parse(&[]), os(&[]));
+    }
+
+    #[test]
+    fn knows_when_the_caller_selects_packages() {
+        assert!(selects_packages(&os(&["-p", "xtask"])));
+        assert!(selects_packages(&os(&["--package=xtask"])));
+        assert!(!selects_packages(&os(&["--test", "fast_path"])));
+        assert!(!selects_packages(&os(&[])));
     }
 
     #[test]

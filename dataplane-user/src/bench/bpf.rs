@@ -31,7 +31,10 @@ use super::{
 use crate::{
     datapath::{
         flows::monotonic_ns,
-        instance::{Instance, PIN_EGRESS, PIN_INGRESS, PIN_PROG_EGRESS, PIN_PROG_INGRESS},
+        instance::{
+            Instance, PIN_BRIDGE_INGRESS, PIN_EGRESS, PIN_INGRESS, PIN_PROG_BRIDGE_INGRESS,
+            PIN_PROG_EGRESS, PIN_PROG_INGRESS,
+        },
         pinned,
     },
     lab::{BRIDGE, HOST_UPLINK_ADDR, UPLINK},
@@ -54,9 +57,21 @@ fn bpfmasq_exe() -> Result<PathBuf> {
     std::env::current_exe().context("finding the bpfmasq executable")
 }
 
-/// `bpfmasq --netns HOST attach --bridge cni0 --uplink eth0`.
-pub fn attach(host: &NetNs) -> Result<()> {
-    bpfmasq(host, &["attach", "--bridge", BRIDGE, "--uplink", UPLINK])
+/// `bpfmasq --netns HOST attach --bridge cni0 --uplink eth0 --fast-path on|off`.
+pub fn attach(host: &NetNs, fast_path: bool) -> Result<()> {
+    let fast_path = if fast_path { "on" } else { "off" };
+    bpfmasq(
+        host,
+        &[
+            "attach",
+            "--bridge",
+            BRIDGE,
+            "--uplink",
+            UPLINK,
+            "--fast-path",
+            fast_path,
+        ],
+    )
 }
 
 /// `bpfmasq --netns HOST detach --uplink eth0`.
@@ -148,9 +163,9 @@ pub fn trial(host: &NetNs) -> Result<Trial> {
     })
 }
 
-/// The ids of the attached programs (egress, ingress), from the pinned tcx
-/// links or, with clsact, the pinned programs.
-pub fn program_ids(host: &NetNs) -> Result<[u32; 2]> {
+/// The ids of the attached programs (uplink egress, uplink ingress, bridge
+/// ingress), from the pinned tcx links or, with clsact, the pinned programs.
+pub fn program_ids(host: &NetNs) -> Result<[u32; 3]> {
     let instance = instance(host);
     let id = |link_pin: &str, program_pin: &str| -> Result<u32> {
         let link = instance.pin(link_pin);
@@ -166,6 +181,7 @@ pub fn program_ids(host: &NetNs) -> Result<[u32; 2]> {
     Ok([
         id(PIN_EGRESS, PIN_PROG_EGRESS)?,
         id(PIN_INGRESS, PIN_PROG_INGRESS)?,
+        id(PIN_BRIDGE_INGRESS, PIN_PROG_BRIDGE_INGRESS)?,
     ])
 }
 

@@ -21,6 +21,7 @@ fn color(variant: Variant) -> RGBColor {
         Variant::Nftables => RGBColor(255, 127, 14),
         Variant::NftablesFlowtable => RGBColor(148, 103, 189),
         Variant::Bpfmasq => RGBColor(31, 119, 180),
+        Variant::BpfmasqFast => RGBColor(44, 160, 44),
     }
 }
 

@@ -52,6 +52,8 @@ pub struct BpfRun {
     pub load: Workload,
     pub egress: RunStats,
     pub ingress: RunStats,
+    /// The bridge's program (the fast path out; a no-op with it off).
+    pub bridge: RunStats,
 }
 
 /// A variant set up at one scale (its setup cost is informative too).
@@ -86,6 +88,11 @@ pub struct Row {
     pub bpfmasq_over_iptables: Option<Ratio>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bpfmasq_over_routed: Option<Ratio>,
+    /// The same for bpfmasq with its fast path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fast_over_iptables: Option<Ratio>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fast_over_routed: Option<Ratio>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -126,8 +133,8 @@ pub fn rows(plan: &Plan, samples: &[Sample]) -> Vec<Row> {
                 if !cells.keys().any(|v| v.scales()) {
                     continue;
                 }
-                let ratio = |base: Variant| {
-                    let b = cells.get(&Variant::Bpfmasq)?;
+                let ratio = |ours: Variant, base: Variant| {
+                    let b = cells.get(&ours)?;
                     let a = cells.get(&base)?;
                     (a.median != 0.0).then(|| Ratio {
                         ratio: b.median / a.median,
@@ -151,8 +158,10 @@ pub fn rows(plan: &Plan, samples: &[Sample]) -> Vec<Row> {
                     metric,
                     unit,
                     scale,
-                    bpfmasq_over_iptables: ratio(Variant::Iptables),
-                    bpfmasq_over_routed: ratio(Variant::Routed),
+                    bpfmasq_over_iptables: ratio(Variant::Bpfmasq, Variant::Iptables),
+                    bpfmasq_over_routed: ratio(Variant::Bpfmasq, Variant::Routed),
+                    fast_over_iptables: ratio(Variant::BpfmasqFast, Variant::Iptables),
+                    fast_over_routed: ratio(Variant::BpfmasqFast, Variant::Routed),
                     cells,
                 });
             }
@@ -225,6 +234,8 @@ pub fn table(plan: &Plan, rows: &[Row]) -> String {
     header.extend(variants.iter().map(|v| v.name().to_owned()));
     header.push("bpfmasq/iptables".to_owned());
     header.push("bpfmasq/routed".to_owned());
+    header.push("fast/iptables".to_owned());
+    header.push("fast/routed".to_owned());
     let mut lines: Vec<Vec<String>> = vec![header];
     for row in rows {
         let mut line = vec![
@@ -239,6 +250,8 @@ pub fn table(plan: &Plan, rows: &[Row]) -> String {
         );
         line.push(fmt_ratio(row.bpfmasq_over_iptables));
         line.push(fmt_ratio(row.bpfmasq_over_routed));
+        line.push(fmt_ratio(row.fast_over_iptables));
+        line.push(fmt_ratio(row.fast_over_routed));
         lines.push(line);
     }
     let widths: Vec<usize> = (0..lines[0].len())

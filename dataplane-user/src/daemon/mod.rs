@@ -37,7 +37,7 @@ use crate::{
         loader,
         options::Resolved,
         pinned,
-        tc::{self, AttachRecord},
+        tc::{self, AttachRecord, Interfaces},
     },
     netlink::Netlink,
     privileges::require_root,
@@ -178,8 +178,8 @@ enum How {
 struct Started {
     how: How,
     config: NatConfig,
-    /// Egress, ingress.
-    program_ids: [u32; 2],
+    /// Uplink egress, uplink ingress, bridge ingress.
+    program_ids: [u32; 3],
 }
 
 impl Started {
@@ -201,13 +201,15 @@ impl Started {
             .iter()
             .map(|(name, secs)| format!("{name}={secs}"))
             .collect();
-        let [egress, ingress] = self.program_ids;
+        let [egress, ingress, bridge] = self.program_ids;
         format!(
-            "bpfmasq run: {what} {} in network namespace `{}` ({}, program ids egress {egress} ingress {ingress}): \
+            "bpfmasq run: {what} {} in network namespace `{}` ({}, program ids egress {egress} ingress {ingress} \
+             bridge {bridge}, fast path {}): \
              masquerading {}/{prefix} to {}{} (ports {}-{}, up to {} flows; timeouts {}), GC every {}s, pinned in {}",
             instance.uplink,
             instance.netns,
             mode_name(c.attach_mode()),
+            if c.fast_path() { "on" } else { "off" },
             addr(c.pod_net),
             addr(c.nat_addr),
             if follow {
@@ -257,13 +259,19 @@ async fn start(
             return reattach(netlink, instance, resolved, link_type, reason).await;
         }
     };
-    if let Some(reason) = tc::defunct_reason(instance, &pinned, resolved.uplink_ifindex) {
+    if let Some(reason) = tc::defunct_reason(instance, &pinned, resolved) {
         return reattach(netlink, instance, resolved, link_type, reason).await;
     }
     warn_about_kept_settings(&pinned, resolved, link_type);
     // A program the kernel rejects fails here, with the pinned datapath untouched.
     let (mut ebpf, config) = datapath::load_adopting(instance, resolved, &pinned)?;
-    if let Err(e) = tc::replace(&mut ebpf, instance, &AttachRecord::from_config(&pinned)) {
+    let ifaces = Interfaces::resolved(resolved);
+    if let Err(e) = tc::replace(
+        &mut ebpf,
+        instance,
+        &ifaces,
+        &AttachRecord::from_config(&pinned),
+    ) {
         if pinned.attach_mode() != AttachMode::Clsact {
             return Err(e.context("adopting the pinned datapath"));
         }

@@ -15,8 +15,10 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/bpfmasq";
 /// Pin names of the links (tcx) or programs (clsact), per hook.
 pub const PIN_EGRESS: &str = "link_uplink_egress";
 pub const PIN_INGRESS: &str = "link_uplink_ingress";
+pub const PIN_BRIDGE_INGRESS: &str = "link_bridge_ingress";
 pub const PIN_PROG_EGRESS: &str = "prog_uplink_egress";
 pub const PIN_PROG_INGRESS: &str = "prog_uplink_ingress";
+pub const PIN_PROG_BRIDGE_INGRESS: &str = "prog_bridge_ingress";
 
 /// One attached datapath: `PIN_ROOT/<netns>/<uplink>/`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -28,13 +28,20 @@ pub fn load(instance: &Instance, resolved: &Resolved) -> Result<Ebpf> {
         .map_max_entries(maps::CONNTRACK, resolved.ct_max.saturating_mul(2))
         .load(EBPF_OBJECT)
         .map_err(|e| anyhow!("loading the eBPF object failed (does this kernel have BPF?): {e}"))?;
-    for name in [maps::PROG_UPLINK_EGRESS, maps::PROG_UPLINK_INGRESS] {
+    for name in PROGRAMS {
         classifier(&mut ebpf, name)?
             .load()
             .with_context(|| format!("the kernel rejected program `{name}`"))?;
     }
     Ok(ebpf)
 }
+
+/// The object's TC programs: uplink egress, uplink ingress, bridge ingress.
+pub const PROGRAMS: [&str; 3] = [
+    maps::PROG_UPLINK_EGRESS,
+    maps::PROG_UPLINK_INGRESS,
+    maps::PROG_BRIDGE_INGRESS,
+];
 
 /// A TC program of the object, by name.
 pub fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
@@ -81,13 +88,10 @@ pub fn configure(ebpf: &mut Ebpf, config: &NatConfig, resolved: &Resolved) -> Re
     Ok(())
 }
 
-/// The kernel's ids of the loaded uplink programs (egress, ingress).
-pub fn program_ids(ebpf: &mut Ebpf) -> Result<[u32; 2]> {
-    let mut ids = [0; 2];
-    for (id, name) in ids
-        .iter_mut()
-        .zip([maps::PROG_UPLINK_EGRESS, maps::PROG_UPLINK_INGRESS])
-    {
+/// The kernel's ids of the loaded programs, in [`PROGRAMS`] order.
+pub fn program_ids(ebpf: &mut Ebpf) -> Result<[u32; 3]> {
+    let mut ids = [0; 3];
+    for (id, name) in ids.iter_mut().zip(PROGRAMS) {
         *id = classifier(ebpf, name)?
             .info()
             .with_context(|| format!("reading the id of program `{name}`"))?

@@ -19,7 +19,7 @@ use dataplane_common::config::NatConfig;
 use self::{
     instance::{Instance, netns_label},
     options::Resolved,
-    tc::AttachRecord,
+    tc::{AttachRecord, Interfaces},
 };
 use crate::{
     cli::{AttachArgs, LinkType},
@@ -58,12 +58,14 @@ pub async fn attach(netns: Option<&str>, args: &AttachArgs) -> Result<()> {
     }
     let (_, config) = attach_fresh(&netlink, &instance, &resolved, args.link_type).await?;
     println!(
-        "attached to {} ({:?}): masquerading {} to {} (ports {}), pinned in {}",
+        "attached to {} and {} ({:?}): masquerading {} to {} (ports {}), fast path {}, pinned in {}",
         resolved.uplink,
+        resolved.bridge,
         config.attach_mode(),
         resolved.pod_cidr,
         resolved.nat_addr,
         resolved.ports,
+        if config.fast_path() { "on" } else { "off" },
         instance.dir().display()
     );
     Ok(())
@@ -90,23 +92,11 @@ pub async fn attach_fresh(
     let mut ebpf = loader::load(instance, resolved)?;
     let mut config = resolved.nat_config();
     loader::configure(&mut ebpf, &config, resolved)?;
-    let record = tc::attach(
-        &mut ebpf,
-        netlink,
-        instance,
-        resolved.uplink_ifindex,
-        link_type,
-    )
-    .await?;
+    let ifaces = Interfaces::resolved(resolved);
+    let record = tc::attach(&mut ebpf, netlink, instance, &ifaces, link_type).await?;
     record.store_in(&mut config);
     if let Err(e) = loader::write_config(&mut ebpf, &config) {
-        let _ = tc::detach(
-            Some(netlink),
-            instance,
-            Some(resolved.uplink_ifindex),
-            &record,
-        )
-        .await;
+        let _ = tc::detach(netlink, instance, &ifaces, &record).await;
         return Err(e);
     }
     pins.armed = false;
@@ -147,13 +137,11 @@ pub async fn detach(netns: Option<&str>, uplink: Option<&str>) -> Result<()> {
 /// Removes everything `instance` attached and pinned, as its CONFIG records.
 /// Keeps going past errors and reports them all at the end.
 pub async fn detach_instance(netlink: &Netlink, instance: &Instance) -> Result<()> {
-    // The uplink may be gone (its namespace torn down): then only pins remain.
-    let iface_index = netlink.link_index(&instance.uplink).await.ok();
-    let record = match pinned::read_config(instance) {
-        Ok(config) => AttachRecord::from_config(&config),
-        Err(_) => AttachRecord::default(),
-    };
-    let mut errors = tc::detach(Some(netlink), instance, iface_index, &record).await;
+    // The interfaces may be gone (their namespace torn down): then only pins remain.
+    let config = pinned::read_config(instance).unwrap_or_default();
+    let record = AttachRecord::from_config(&config);
+    let ifaces = Interfaces::recorded(netlink, instance, &config).await;
+    let mut errors = tc::detach(netlink, instance, &ifaces, &record).await;
     errors.extend(instance.remove_pins().err());
     if errors.is_empty() {
         return Ok(());

@@ -3,14 +3,17 @@ use std::{fmt, net::Ipv4Addr, str::FromStr};
 
 use anyhow::{Result, anyhow, bail};
 use dataplane_common::{
-    config::NatConfig,
+    config::{FLAG_FAST_PATH, NatConfig},
     conntrack::Timeouts,
     maps::NO_MASQ_ENTRIES,
     ports::{DEFAULT_PORT_MAX, DEFAULT_PORT_MIN},
 };
 use ipnet::Ipv4Net;
 
-use crate::{cli::AttachArgs, netlink::Netlink};
+use crate::{
+    cli::{AttachArgs, Switch},
+    netlink::Netlink,
+};
 
 /// `--port-range LO-HI`, inclusive, 1..=65535.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,6 +111,7 @@ pub struct Resolved {
     pub ports: PortRange,
     pub ct_max: u32,
     pub timeouts: Timeouts,
+    pub fast_path: bool,
 }
 
 /// Multicast and limited broadcast: never masqueraded (the CNI chain's
@@ -185,6 +189,7 @@ impl Resolved {
             }),
             ct_max: args.ct_max,
             timeouts: timeouts(&args.timeouts),
+            fast_path: args.fast_path == Switch::On,
         })
     }
 
@@ -200,6 +205,7 @@ impl Resolved {
             bridge_ifindex: self.bridge_ifindex,
             timeouts: self.timeouts,
             ct_max: self.ct_max,
+            flags: if self.fast_path { FLAG_FAST_PATH } else { 0 },
             ..Default::default()
         }
     }

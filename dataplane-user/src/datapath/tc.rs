@@ -1,4 +1,10 @@
-//! Attaching the TC programs to an interface and removing them again.
+//! Attaching the TC programs to the uplink and the bridge, and removing
+//! them again.
+//!
+//! Three hooks: the uplink's egress (SNAT) and ingress (reverse SNAT, fast
+//! path in) and the bridge's ingress (fast path out). The bridge's program is
+//! attached whether the fast path is on or not: off, it passes every packet
+//! at once, and switching the fast path is a CONFIG write, never an attach.
 //!
 //! tcx links are preferred (kernel >= 6.6): they are pinned, so the datapath
 //! outlives the loader and detaching is unpinning. Without tcx, a clsact
@@ -20,86 +26,175 @@ use aya::{
     },
 };
 use dataplane_common::{
-    config::{AttachMode, FLAG_CREATED_CLSACT, NatConfig},
+    config::{AttachMode, FLAG_CREATED_BRIDGE_CLSACT, FLAG_CREATED_CLSACT, NatConfig},
     maps,
 };
 use netlink_packet_route::tc::TcHandle as NlTcHandle;
 
 use super::{
-    instance::{Instance, PIN_EGRESS, PIN_INGRESS, PIN_PROG_EGRESS, PIN_PROG_INGRESS},
+    instance::{
+        Instance, PIN_BRIDGE_INGRESS, PIN_EGRESS, PIN_INGRESS, PIN_PROG_BRIDGE_INGRESS,
+        PIN_PROG_EGRESS, PIN_PROG_INGRESS,
+    },
     loader::classifier,
+    options::Resolved,
 };
 use crate::{cli::LinkType, netlink::Netlink};
 
-/// One program on one hook of the uplink.
+/// Which of the two interfaces a hook is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Uplink = 0,
+    Bridge = 1,
+}
+
+const SIDES: [Side; 2] = [Side::Uplink, Side::Bridge];
+
+/// One program on one hook.
 struct Hook {
     program: &'static str,
+    side: Side,
     attach_type: TcAttachType,
     link_pin: &'static str,
     program_pin: &'static str,
 }
 
-const UPLINK_HOOKS: [Hook; 2] = [
+const HOOKS: [Hook; 3] = [
     Hook {
         program: maps::PROG_UPLINK_EGRESS,
+        side: Side::Uplink,
         attach_type: TcAttachType::Egress,
         link_pin: PIN_EGRESS,
         program_pin: PIN_PROG_EGRESS,
     },
     Hook {
         program: maps::PROG_UPLINK_INGRESS,
+        side: Side::Uplink,
         attach_type: TcAttachType::Ingress,
         link_pin: PIN_INGRESS,
         program_pin: PIN_PROG_INGRESS,
     },
+    Hook {
+        program: maps::PROG_BRIDGE_INGRESS,
+        side: Side::Bridge,
+        attach_type: TcAttachType::Ingress,
+        link_pin: PIN_BRIDGE_INGRESS,
+        program_pin: PIN_PROG_BRIDGE_INGRESS,
+    },
 ];
+
+/// An interface the programs go on.
+#[derive(Clone, Debug)]
+pub struct Interface {
+    pub name: String,
+    /// `None` when it no longer exists (detaching after it was removed).
+    pub index: Option<u32>,
+}
+
+/// The uplink and the bridge.
+#[derive(Clone, Debug)]
+pub struct Interfaces {
+    pub uplink: Interface,
+    pub bridge: Interface,
+}
+
+impl Interfaces {
+    pub fn resolved(resolved: &Resolved) -> Self {
+        Self {
+            uplink: Interface {
+                name: resolved.uplink.clone(),
+                index: Some(resolved.uplink_ifindex),
+            },
+            bridge: Interface {
+                name: resolved.bridge.clone(),
+                index: Some(resolved.bridge_ifindex),
+            },
+        }
+    }
+
+    /// The interfaces `config` records, as they are now: the uplink by the
+    /// instance's name, the bridge by its recorded index (a bridge re-created
+    /// under the same name is not the one attached to).
+    pub async fn recorded(netlink: &Netlink, instance: &Instance, config: &NatConfig) -> Self {
+        let links = netlink.links().await.unwrap_or_default();
+        let bridge = links.iter().find(|l| l.index == config.bridge_ifindex);
+        Self {
+            uplink: Interface {
+                name: instance.uplink.clone(),
+                index: links
+                    .iter()
+                    .find(|l| l.name == instance.uplink)
+                    .map(|l| l.index),
+            },
+            bridge: Interface {
+                name: bridge.map(|l| l.name.clone()).unwrap_or_default(),
+                index: bridge.map(|l| l.index),
+            },
+        }
+    }
+
+    fn on(&self, side: Side) -> &Interface {
+        match side {
+            Side::Uplink => &self.uplink,
+            Side::Bridge => &self.bridge,
+        }
+    }
+}
 
 /// What was attached, to be stored in [`NatConfig`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AttachRecord {
     pub mode: Option<AttachMode>,
-    pub created_clsact: bool,
-    /// clsact filters (priority, handle), in UPLINK_HOOKS order.
-    pub filters: [(u16, u32); 2],
+    /// Per side (uplink, bridge): the loader created the clsact qdisc.
+    pub created_clsact: [bool; 2],
+    /// clsact filters (priority, handle), in HOOKS order.
+    pub filters: [(u16, u32); 3],
 }
+
+const CREATED_CLSACT_FLAGS: [u32; 2] = [FLAG_CREATED_CLSACT, FLAG_CREATED_BRIDGE_CLSACT];
 
 impl AttachRecord {
     pub fn store_in(&self, config: &mut NatConfig) {
         config.attach_mode = self.mode.unwrap_or(AttachMode::None) as u8;
-        if self.created_clsact {
-            config.flags |= FLAG_CREATED_CLSACT;
+        for (created, flag) in self.created_clsact.iter().zip(CREATED_CLSACT_FLAGS) {
+            if *created {
+                config.flags |= flag;
+            } else {
+                config.flags &= !flag;
+            }
         }
         (config.tc_egress_priority, config.tc_egress_handle) = self.filters[0];
         (config.tc_ingress_priority, config.tc_ingress_handle) = self.filters[1];
+        (config.tc_bridge_priority, config.tc_bridge_handle) = self.filters[2];
     }
 
     pub fn from_config(config: &NatConfig) -> Self {
         Self {
             mode: Some(config.attach_mode()),
-            created_clsact: config.flags & FLAG_CREATED_CLSACT != 0,
+            created_clsact: CREATED_CLSACT_FLAGS.map(|flag| config.flags & flag != 0),
             filters: [
                 (config.tc_egress_priority, config.tc_egress_handle),
                 (config.tc_ingress_priority, config.tc_ingress_handle),
+                (config.tc_bridge_priority, config.tc_bridge_handle),
             ],
         }
     }
 }
 
-/// Attaches both uplink programs; on error nothing stays attached.
+/// Attaches the three programs; on error nothing stays attached.
 pub async fn attach(
     ebpf: &mut Ebpf,
     netlink: &Netlink,
     instance: &Instance,
-    iface_index: u32,
+    ifaces: &Interfaces,
     link_type: LinkType,
 ) -> Result<AttachRecord> {
-    let iface = instance.uplink.as_str();
     match link_type {
-        LinkType::Tcx => attach_tcx(ebpf, instance, iface),
-        LinkType::Clsact => attach_clsact(ebpf, netlink, instance, iface, iface_index).await,
-        LinkType::Auto => match attach_tcx(ebpf, instance, iface) {
+        LinkType::Tcx => attach_tcx(ebpf, instance, ifaces),
+        LinkType::Clsact => attach_clsact(ebpf, netlink, instance, ifaces).await,
+        LinkType::Auto => match attach_tcx(ebpf, instance, ifaces) {
             Ok(record) => Ok(record),
-            Err(tcx_error) => attach_clsact(ebpf, netlink, instance, iface, iface_index)
+            Err(tcx_error) => attach_clsact(ebpf, netlink, instance, ifaces)
                 .await
                 .with_context(|| {
                     format!("tcx attach failed ({tcx_error:#}), and so did the clsact fallback")
@@ -108,10 +203,11 @@ pub async fn attach(
     }
 }
 
-fn attach_tcx(ebpf: &mut Ebpf, instance: &Instance, iface: &str) -> Result<AttachRecord> {
-    for (done, hook) in UPLINK_HOOKS.iter().enumerate() {
+fn attach_tcx(ebpf: &mut Ebpf, instance: &Instance, ifaces: &Interfaces) -> Result<AttachRecord> {
+    for (done, hook) in HOOKS.iter().enumerate() {
+        let iface = &ifaces.on(hook.side).name;
         if let Err(e) = attach_tcx_hook(ebpf, hook, iface, &instance.pin(hook.link_pin)) {
-            for attached in &UPLINK_HOOKS[..done] {
+            for attached in &HOOKS[..done] {
                 let _ = unpin_link(&instance.pin(attached.link_pin));
             }
             return Err(e);
@@ -159,34 +255,39 @@ async fn attach_clsact(
     ebpf: &mut Ebpf,
     netlink: &Netlink,
     instance: &Instance,
-    iface: &str,
-    iface_index: u32,
+    ifaces: &Interfaces,
 ) -> Result<AttachRecord> {
-    let created_clsact = match qdisc_add_clsact(iface) {
-        Ok(()) => true,
-        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => false,
-        Err(e) => return Err(e).with_context(|| format!("adding a clsact qdisc to {iface}")),
-    };
     let mut record = AttachRecord {
         mode: Some(AttachMode::Clsact),
-        created_clsact,
         ..Default::default()
     };
-    for (done, hook) in UPLINK_HOOKS.iter().enumerate() {
-        match attach_clsact_hook(ebpf, hook, iface, &instance.pin(hook.program_pin)) {
-            Ok(filter) => record.filters[done] = filter,
-            Err(e) => {
-                for (attached, filter) in UPLINK_HOOKS[..done].iter().zip(record.filters) {
-                    let _ = detach_filter(iface, attached.attach_type, filter);
+    let attached = async {
+        for side in SIDES {
+            let iface = &ifaces.on(side).name;
+            record.created_clsact[side as usize] = match qdisc_add_clsact(iface) {
+                Ok(()) => true,
+                Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => false,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("adding a clsact qdisc to {iface}"));
                 }
-                if created_clsact {
-                    let _ = delete_clsact(netlink, iface_index).await;
-                }
-                return Err(e);
-            }
+            };
+        }
+        for (done, hook) in HOOKS.iter().enumerate() {
+            let iface = &ifaces.on(hook.side).name;
+            record.filters[done] =
+                attach_clsact_hook(ebpf, hook, iface, &instance.pin(hook.program_pin))?;
+        }
+        Ok(())
+    }
+    .await;
+    match attached {
+        Ok(()) => Ok(record),
+        Err(e) => {
+            // A filter not attached has handle 0: nothing to remove there.
+            let _ = detach_clsact(netlink, ifaces, &record).await;
+            Err(e)
         }
     }
-    Ok(record)
 }
 
 fn attach_clsact_hook(
@@ -231,7 +332,7 @@ fn detach_filter(
         .with_context(|| format!("removing the {attach_type:?} filter from {iface}"))
 }
 
-async fn delete_clsact(netlink: &Netlink, iface_index: u32) -> Result<()> {
+async fn delete_clsact(netlink: &Netlink, iface: &str, iface_index: u32) -> Result<()> {
     let mut request = netlink.handle.clone().qdisc().del(iface_index as i32);
     let header = &mut request.message_mut().header;
     header.parent = NlTcHandle::CLSACT;
@@ -242,53 +343,91 @@ async fn delete_clsact(netlink: &Netlink, iface_index: u32) -> Result<()> {
     request
         .execute()
         .await
-        .map_err(|e| anyhow!("removing the clsact qdisc: {e}"))
+        .map_err(|e| anyhow!("removing the clsact qdisc of {iface}: {e}"))
 }
 
-/// Removes whatever `record` says was attached to the instance's uplink.
-/// Keeps going past failures (an interface that is already gone, say) and
-/// returns every error, so one stuck step never leaves the rest behind.
-pub async fn detach(
-    netlink: Option<&Netlink>,
-    instance: &Instance,
-    iface_index: Option<u32>,
+/// Removes the clsact filters `record` lists (those with a handle) and the
+/// qdiscs it created, on the interfaces that still exist.
+async fn detach_clsact(
+    netlink: &Netlink,
+    ifaces: &Interfaces,
     record: &AttachRecord,
 ) -> Vec<anyhow::Error> {
-    let iface = instance.uplink.as_str();
     let mut errors = Vec::new();
-    for (hook, filter) in UPLINK_HOOKS.iter().zip(record.filters) {
-        let link_pin = instance.pin(hook.link_pin);
-        if link_pin.exists() {
-            errors.extend(unpin_link(&link_pin).err());
-        }
-        if record.mode == Some(AttachMode::Clsact) && iface_index.is_some() {
-            errors.extend(detach_filter(iface, hook.attach_type, filter).err());
+    for (hook, filter) in HOOKS.iter().zip(record.filters) {
+        let iface = ifaces.on(hook.side);
+        if iface.index.is_some() && filter.1 != 0 {
+            errors.extend(detach_filter(&iface.name, hook.attach_type, filter).err());
         }
     }
-    if record.created_clsact
-        && let (Some(netlink), Some(index)) = (netlink, iface_index)
-    {
-        errors.extend(delete_clsact(netlink, index).await.err());
+    for side in SIDES {
+        let iface = ifaces.on(side);
+        if let (true, Some(index)) = (record.created_clsact[side as usize], iface.index) {
+            errors.extend(delete_clsact(netlink, &iface.name, index).await.err());
+        }
     }
     errors
 }
 
-/// Why the attachment recorded in `config` can no longer carry the uplink's
-/// traffic (`None`: it still can, as far as can be checked up front).
-/// `iface_index` is the uplink's current ifindex.
-pub fn defunct_reason(instance: &Instance, config: &NatConfig, iface_index: u32) -> Option<String> {
-    let iface = instance.uplink.as_str();
-    if config.uplink_ifindex != iface_index {
-        return Some(format!(
-            "it was attached to interface index {}, but `{iface}` now has index {iface_index} (the interface was re-created)",
-            config.uplink_ifindex
-        ));
+/// Removes whatever `record` says was attached. Keeps going past failures
+/// (an interface that is already gone, say) and returns every error, so one
+/// stuck step never leaves the rest behind.
+pub async fn detach(
+    netlink: &Netlink,
+    instance: &Instance,
+    ifaces: &Interfaces,
+    record: &AttachRecord,
+) -> Vec<anyhow::Error> {
+    let mut errors = Vec::new();
+    for hook in &HOOKS {
+        let link_pin = instance.pin(hook.link_pin);
+        if link_pin.exists() {
+            errors.extend(unpin_link(&link_pin).err());
+        }
     }
+    if record.mode == Some(AttachMode::Clsact) {
+        errors.extend(detach_clsact(netlink, ifaces, record).await);
+    }
+    errors
+}
+
+/// Why the attachment recorded in `config` can no longer carry the traffic
+/// (`None`: it still can, as far as can be checked up front). `resolved`
+/// holds the interfaces' current indexes.
+pub fn defunct_reason(
+    instance: &Instance,
+    config: &NatConfig,
+    resolved: &Resolved,
+) -> Option<String> {
+    let recreated = |what: &str, name: &str, was: u32, now: u32| {
+        (was != now).then(|| {
+            format!(
+                "its {what} was interface index {was}, but `{name}` now has index {now} (the interface was re-created)"
+            )
+        })
+    };
+    if let Some(reason) = recreated(
+        "uplink",
+        &resolved.uplink,
+        config.uplink_ifindex,
+        resolved.uplink_ifindex,
+    )
+    .or_else(|| {
+        recreated(
+            "bridge",
+            &resolved.bridge,
+            config.bridge_ifindex,
+            resolved.bridge_ifindex,
+        )
+    }) {
+        return Some(reason);
+    }
+    let ifaces = Interfaces::resolved(resolved);
     match config.attach_mode() {
         AttachMode::None => Some("its CONFIG records no attachment".to_owned()),
-        AttachMode::Tcx => UPLINK_HOOKS
+        AttachMode::Tcx => HOOKS
             .iter()
-            .find_map(|hook| tcx_hook_defunct(instance, hook)),
+            .find_map(|hook| tcx_hook_defunct(instance, hook, &ifaces.on(hook.side).name)),
         // A missing filter or qdisc shows when `replace` finds nothing to replace.
         AttachMode::Clsact => None,
     }
@@ -296,8 +435,7 @@ pub fn defunct_reason(instance: &Instance, config: &NatConfig, iface_index: u32)
 
 /// A pinned tcx link survives its interface (the link then points nowhere):
 /// it is live only if the interface lists the link's program on that hook.
-fn tcx_hook_defunct(instance: &Instance, hook: &Hook) -> Option<String> {
-    let iface = instance.uplink.as_str();
+fn tcx_hook_defunct(instance: &Instance, hook: &Hook, iface: &str) -> Option<String> {
     let pin = instance.pin(hook.link_pin);
     let program_id = match PinnedLink::from_pin(&pin).map(FdLink::from) {
         Ok(link) => match link.info() {
@@ -325,9 +463,14 @@ fn tcx_hook_defunct(instance: &Instance, hook: &Hook) -> Option<String> {
 /// (BPF_LINK_UPDATE), clsact filters are replaced at the same priority and
 /// handle (RTM_NEWTFILTER without NLM_F_CREATE, which fails if the filter is
 /// gone). Each hook switches atomically; packets see the old or the new program.
-pub fn replace(ebpf: &mut Ebpf, instance: &Instance, record: &AttachRecord) -> Result<()> {
-    let iface = instance.uplink.as_str();
-    for (hook, (priority, handle)) in UPLINK_HOOKS.iter().zip(record.filters) {
+pub fn replace(
+    ebpf: &mut Ebpf,
+    instance: &Instance,
+    ifaces: &Interfaces,
+    record: &AttachRecord,
+) -> Result<()> {
+    for (hook, (priority, handle)) in HOOKS.iter().zip(record.filters) {
+        let iface = ifaces.on(hook.side).name.as_str();
         let program = classifier(ebpf, hook.program)?;
         match record.mode {
             Some(AttachMode::Tcx) => {

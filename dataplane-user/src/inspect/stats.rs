@@ -43,7 +43,7 @@ pub async fn stats(netns: Option<&str>, args: &StatsArgs) -> Result<()> {
         return Ok(());
     }
     for (counter, value) in totals {
-        println!("{:<20} {value:>14}", counter.name());
+        println!("{:<26} {value:>14}", counter.name());
     }
     Ok(())
 }
@@ -63,12 +63,12 @@ async fn watch(instance: &Instance) -> Result<()> {
         // Clear the screen and home the cursor: a refresh in place.
         print!("\x1b[2J\x1b[H");
         println!(
-            "{:<20} {:>14} {:>12}   (Ctrl-C to stop)",
+            "{:<26} {:>14} {:>12}   (Ctrl-C to stop)",
             "COUNTER", "TOTAL", "PER SECOND"
         );
         for ((counter, now), (_, before)) in current.iter().zip(&previous) {
             let rate = now.saturating_sub(*before) as f64 / elapsed;
-            println!("{:<20} {now:>14} {rate:>12.1}", counter.name());
+            println!("{:<26} {now:>14} {rate:>12.1}", counter.name());
         }
         previous = current;
     }

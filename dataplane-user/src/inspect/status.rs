@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::{
     cli::InstanceArgs,
     datapath::{
-        instance::{Instance, PIN_EGRESS, PIN_INGRESS, netns_label},
+        instance::{Instance, PIN_BRIDGE_INGRESS, PIN_EGRESS, PIN_INGRESS, netns_label},
         pinned,
     },
 };
@@ -31,6 +31,8 @@ struct Status {
     bridge_ifindex: u32,
     link_type: &'static str,
     hooks: Vec<Hook>,
+    /// `--fast-path`: pod traffic forwarded between bridge and uplink in eBPF.
+    fast_path: bool,
     pod_cidr: String,
     nat_address: Ipv4Addr,
     port_range: String,
@@ -57,15 +59,19 @@ pub fn status(netns: Option<&str>, args: &InstanceArgs) -> Result<()> {
     let table = pinned::conntrack(&instance)?;
     let snapshot = crate::datapath::flows::snapshot(&table)?;
     let mode = config.attach_mode();
-    let hooks = [("egress", PIN_EGRESS), ("ingress", PIN_INGRESS)]
-        .into_iter()
-        .map(|(hook, pin)| Hook {
-            hook,
-            program_id: (mode == AttachMode::Tcx)
-                .then(|| program_id(&instance, pin))
-                .flatten(),
-        })
-        .collect();
+    let hooks = [
+        ("egress", PIN_EGRESS),
+        ("ingress", PIN_INGRESS),
+        ("bridge ingress", PIN_BRIDGE_INGRESS),
+    ]
+    .into_iter()
+    .map(|(hook, pin)| Hook {
+        hook,
+        program_id: (mode == AttachMode::Tcx)
+            .then(|| program_id(&instance, pin))
+            .flatten(),
+    })
+    .collect();
     let prefix = u32::from_be(config.pod_mask).count_ones();
     let status = Status {
         netns: instance.netns.clone(),
@@ -78,6 +84,7 @@ pub fn status(netns: Option<&str>, args: &InstanceArgs) -> Result<()> {
             AttachMode::None => "none",
         },
         hooks,
+        fast_path: config.fast_path(),
         pod_cidr: format!("{}/{prefix}", addr(config.pod_net)),
         nat_address: addr(config.nat_addr),
         port_range: format!("{}-{}", config.port_min, config.port_max),
@@ -106,8 +113,12 @@ pub fn status(netns: Option<&str>, args: &InstanceArgs) -> Result<()> {
         let id = hook
             .program_id
             .map_or_else(|| "-".to_owned(), |id| id.to_string());
-        println!("  {:<8}   program id {id}", hook.hook);
+        println!("  {:<14} program id {id}", hook.hook);
     }
+    println!(
+        "fast path    {}",
+        if status.fast_path { "on" } else { "off" }
+    );
     println!("pod CIDR     {}", status.pod_cidr);
     println!("NAT address  {}", status.nat_address);
     println!("ports        {}", status.port_range);

@@ -2,13 +2,15 @@
 //! rebuilt in named network namespaces, so bpfmasq can be tried and tested
 //! without touching the machine's own network.
 //!
-//! A lab `NAME` is the namespaces `NAME-host`, `NAME-out` and `NAME-c1`..;
+//! A lab `NAME` is the namespaces `NAME-host`, `NAME-out` and `NAME-c1`..,
+//! plus `NAME-far` routed through `NAME-out` when asked for ([`LabSpec`]);
 //! see [`topology`] for addresses and names. Everything is configured through
 //! netlink sockets opened inside those namespaces: the caller's namespace is
 //! never read or changed.
 
 mod down;
 mod exec;
+mod far_peer;
 mod status;
 pub mod topology;
 mod up;
@@ -21,8 +23,9 @@ pub use self::{
     exec::exec,
     status::{InterfaceStatus, LabStatus, NamespaceStatus, inspect},
     topology::{
-        BRIDGE, BRIDGE_ADDR, CONTAINER_IFACE, DEFAULT_NAME, HOST_UPLINK_ADDR, MAX_CONTAINERS,
-        MAX_NAME_LEN, Node, OUTSIDE_ADDR, POD_PREFIX_LEN, POD_SUBNET, UPLINK, UPLINK_PREFIX_LEN,
+        BRIDGE, BRIDGE_ADDR, CONTAINER_IFACE, DEFAULT_NAME, FAR_ADDR, FAR_IFACE, FAR_LINK_MTU,
+        FAR_SUBNET, HOST_UPLINK_ADDR, MAX_CONTAINERS, MAX_NAME_LEN, Node, OUT_FAR_ADDR,
+        OUT_FAR_IFACE, OUTSIDE_ADDR, POD_PREFIX_LEN, POD_SUBNET, UPLINK, UPLINK_PREFIX_LEN,
         container_addr, container_veth, ns_name,
     },
 };
@@ -31,10 +34,31 @@ use crate::netns::NetNs;
 /// Where `attach` pins datapaths, one folder per namespace.
 const PIN_ROOT: &str = "/sys/fs/bpf/bpfmasq";
 
+/// What `lab up` builds besides the host and the outside peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LabSpec {
+    /// Containers `NAME-c1..NAME-cN`.
+    pub containers: u16,
+    /// Also `NAME-far`, one routed hop beyond `NAME-out` over a 1280-byte MTU link.
+    pub far_peer: bool,
+}
+
 /// `bpfmasq lab up`: builds lab `name` with `containers` containers; on any
 /// failure removes what it created and returns the error.
 pub async fn up(name: &str, containers: u16) -> Result<()> {
-    up::up(name, containers).await
+    up_with(
+        name,
+        LabSpec {
+            containers,
+            far_peer: false,
+        },
+    )
+    .await
+}
+
+/// Like [`up`], with every choice of [`LabSpec`].
+pub async fn up_with(name: &str, spec: LabSpec) -> Result<()> {
+    up::up(name, spec).await
 }
 
 /// `bpfmasq lab down`: removes every namespace of lab `name` and the
@@ -49,7 +73,7 @@ pub async fn status(name: &str, json: bool) -> Result<()> {
     status::status(name, json).await
 }
 
-/// The nodes of lab `lab` whose namespaces exist, sorted (host, out, c1, c2...).
+/// The nodes of lab `lab` whose namespaces exist, sorted (host, out, far, c1, c2...).
 pub fn existing_nodes(lab: &str) -> Result<Vec<Node>> {
     let namespaces = NetNs::list()?;
     Ok(topology::nodes_among(

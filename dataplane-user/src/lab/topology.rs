@@ -5,6 +5,11 @@
 //! NAME-c<i>: eth0 10.85.0.(i+1)/16 ──veth── veth-c<i> ─┐
 //!            default via 10.85.0.1                      cni0 10.85.0.1/16 (NAME-host)
 //! NAME-host: eth0 192.168.61.11/24, ip_forward=1 ──veth── eth0 192.168.61.12/24 (NAME-out)
+//!            route 198.51.100.0/24 via 192.168.61.12 (far peer only)
+//!
+//! With the far peer (`lab up --far-peer`), NAME-out is also a router:
+//! NAME-out:  eth1 198.51.100.1/24 mtu 1280, ip_forward=1 ──veth── eth0 198.51.100.2/24 mtu 1280 (NAME-far)
+//!            default via 198.51.100.1 advmss 1460
 //! ```
 
 use std::{fmt, net::Ipv4Addr, str::FromStr};
@@ -32,6 +37,25 @@ pub const HOST_UPLINK_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 61, 11);
 pub const OUTSIDE_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 61, 12);
 /// Prefix length of the host–outside link.
 pub const UPLINK_PREFIX_LEN: u8 = 24;
+/// The outside peer's interface toward the far peer (in `NAME-out`).
+pub const OUT_FAR_IFACE: &str = "eth1";
+/// The far peer's only interface (in `NAME-far`).
+pub const FAR_IFACE: &str = "eth0";
+/// The network between the outside peer and the far peer (TEST-NET-2).
+pub const FAR_SUBNET: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(198, 51, 100, 0), 24);
+/// The outside peer's address on the far network: the far peer's gateway.
+pub const OUT_FAR_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// The far peer's address, one routed hop beyond the outside peer.
+pub const FAR_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// MTU of the link to the far peer (both ends): IPv6's minimum, as on many
+/// tunnels, so traffic past the outside peer needs path MTU discovery.
+pub const FAR_LINK_MTU: u32 = 1280;
+/// The TCP MSS the far peer announces, as a server on a 1500-byte network
+/// behind a tunnel would. Without it the far peer would announce 1240 (its
+/// link's MTU) and TCP toward it would never need path MTU discovery.
+pub const FAR_ADVERTISED_MSS: u32 = 1460;
+// Segments of that MSS (plus 40 bytes of IPv4 and TCP headers) must not fit the far link.
+const _: () = assert!(FAR_ADVERTISED_MSS + 40 > FAR_LINK_MTU);
 /// Most containers a lab can have.
 pub const MAX_CONTAINERS: u16 = 1000;
 /// Longest lab name: keeps `NAME-c1000` and pin paths comfortably short.
@@ -44,6 +68,8 @@ pub enum Node {
     Host,
     /// `NAME-out`: the outside peer.
     Out,
+    /// `NAME-far`: the far peer, routed through `NAME-out` (`lab up --far-peer`).
+    Far,
     /// `NAME-c<i>`, numbered from 1.
     Container(u16),
 }
@@ -53,6 +79,7 @@ impl fmt::Display for Node {
         match self {
             Self::Host => f.write_str("host"),
             Self::Out => f.write_str("out"),
+            Self::Far => f.write_str("far"),
             Self::Container(i) => write!(f, "c{i}"),
         }
     }
@@ -67,6 +94,7 @@ impl FromStr for Node {
         match s {
             "host" => return Ok(Self::Host),
             "out" => return Ok(Self::Out),
+            "far" => return Ok(Self::Far),
             _ => {}
         }
         let index = s
@@ -75,12 +103,12 @@ impl FromStr for Node {
             .and_then(|digits| digits.parse::<u16>().ok());
         match index {
             Some(i) => Ok(Self::Container(i)),
-            None => bail!("unknown node `{s}`: use host, out or c1, c2, ..."),
+            None => bail!("unknown node `{s}`: use host, out, far or c1, c2, ..."),
         }
     }
 }
 
-/// The namespace of `node` in lab `lab`: `LAB-host`, `LAB-out`, `LAB-c1`...
+/// The namespace of `node` in lab `lab`: `LAB-host`, `LAB-out`, `LAB-far`, `LAB-c1`...
 /// `node` is a [`Node`] or its name.
 pub fn ns_name(lab: &str, node: impl fmt::Display) -> String {
     format!("{lab}-{node}")
@@ -121,7 +149,7 @@ pub fn validate_lab_name(lab: &str) -> Result<()> {
 }
 
 /// The nodes of `lab` among namespace names `namespaces`, sorted: host, out,
-/// then containers by number. Names of other labs never match, even ones
+/// far, then containers by number. Names of other labs never match, even ones
 /// that share a prefix (`lab-c1-host` belongs to lab `lab-c1`, not `lab`).
 pub fn nodes_among<'a>(lab: &str, namespaces: impl IntoIterator<Item = &'a str>) -> Vec<Node> {
     let prefix = format!("{lab}-");
@@ -133,7 +161,7 @@ pub fn nodes_among<'a>(lab: &str, namespaces: impl IntoIterator<Item = &'a str>)
     nodes
 }
 
-/// "host, out, c1..c3" for messages about which nodes exist.
+/// "host, out, far, c1..c3" for messages about which nodes exist.
 pub fn describe_nodes(nodes: &[Node]) -> String {
     let mut parts: Vec<String> = nodes
         .iter()
@@ -199,6 +227,7 @@ mod tests {
         for node in [
             Node::Host,
             Node::Out,
+            Node::Far,
             Node::Container(1),
             Node::Container(1000),
         ] {
@@ -211,7 +240,7 @@ mod tests {
     #[test]
     fn bad_node_names_are_rejected() {
         for bad in [
-            "", "c", "c01", "c-1", "c+1", "c1x", "C1", "hosts", "x1", "c70000", " c1",
+            "", "c", "c01", "c-1", "c+1", "c1x", "C1", "hosts", "x1", "c70000", " c1", "Far",
         ] {
             assert!(bad.parse::<Node>().is_err(), "{bad:?}");
         }
@@ -253,6 +282,7 @@ mod tests {
             "t1-host",
             "t1-c2",
             "t1-out",
+            "t1-far",
             "t1-c1",
             "t1-c01",
             "t1-c0",
@@ -266,7 +296,7 @@ mod tests {
         use Node::*;
         assert_eq!(
             nodes,
-            [Host, Out, Container(1), Container(2), Container(10)]
+            [Host, Out, Far, Container(1), Container(2), Container(10)]
         );
         assert_eq!(nodes_among("t1-c1", namespaces), [Host]);
         assert!(nodes_among("t", namespaces).is_empty());
@@ -284,6 +314,23 @@ mod tests {
             "host, c1, c3"
         );
         assert_eq!(describe_nodes(&[Out, Container(4)]), "out, c4");
+        assert_eq!(
+            describe_nodes(&[Host, Out, Far, Container(1)]),
+            "host, out, far, c1"
+        );
         assert_eq!(describe_nodes(&[]), "none");
+    }
+
+    #[test]
+    fn far_network_is_routed_apart_from_the_others() {
+        assert!(FAR_SUBNET.contains(&OUT_FAR_ADDR) && FAR_SUBNET.contains(&FAR_ADDR));
+        assert_ne!(OUT_FAR_ADDR, FAR_ADDR);
+        let uplink_net = Ipv4Net::new_assert(HOST_UPLINK_ADDR, UPLINK_PREFIX_LEN).trunc();
+        for other in [POD_SUBNET, uplink_net] {
+            assert!(
+                !FAR_SUBNET.contains(&other.network()) && !other.contains(&FAR_SUBNET.network()),
+                "{other} overlaps {FAR_SUBNET}"
+            );
+        }
     }
 }

@@ -7,10 +7,13 @@ use std::{fs, io, net::Ipv4Addr, path::Path, time::Instant};
 use anyhow::{Context as _, Result, anyhow, bail};
 use ipnet::Ipv4Net;
 
-use super::topology::{
-    BRIDGE, BRIDGE_ADDR, CONTAINER_IFACE, HOST_UPLINK_ADDR, MAX_CONTAINERS, Node, OUTSIDE_ADDR,
-    POD_PREFIX_LEN, UPLINK, UPLINK_PREFIX_LEN, container_addr, container_veth, ns_name,
-    validate_lab_name,
+use super::{
+    LabSpec, far_peer,
+    topology::{
+        BRIDGE, BRIDGE_ADDR, CONTAINER_IFACE, FAR_ADDR, FAR_LINK_MTU, HOST_UPLINK_ADDR,
+        MAX_CONTAINERS, Node, OUTSIDE_ADDR, POD_PREFIX_LEN, UPLINK, UPLINK_PREFIX_LEN,
+        container_addr, container_veth, ns_name, validate_lab_name,
+    },
 };
 use crate::{
     netlink::{Netlink, VethPair},
@@ -29,12 +32,14 @@ const IPV6_OFF: [Sysctl; 2] = [
     Sysctl::optional("net/ipv6/conf/all/disable_ipv6", "1"),
     Sysctl::optional("net/ipv6/conf/default/disable_ipv6", "1"),
 ];
-/// The host routes between the bridge and the uplink.
+/// The host routes between the bridge and the uplink (and the outside peer
+/// between the uplink and the far peer).
 const IP_FORWARD: Sysctl = Sysctl::required("net/ipv4/ip_forward", "1");
 
-pub(super) async fn up(lab: &str, containers: u16) -> Result<()> {
+pub(super) async fn up(lab: &str, spec: LabSpec) -> Result<()> {
     require_root("bpfmasq lab up")?;
     validate_lab_name(lab)?;
+    let containers = spec.containers;
     if !(1..=MAX_CONTAINERS).contains(&containers) {
         bail!("a lab has 1 to {MAX_CONTAINERS} containers, not {containers}");
     }
@@ -44,7 +49,7 @@ pub(super) async fn up(lab: &str, containers: u16) -> Result<()> {
     let started = Instant::now();
     let mut created = CreatedNamespaces::new(lab);
     let built = tokio::select! {
-        built = build(&mut created, containers) => built,
+        built = build(&mut created, spec) => built,
         () = interrupted() => Err(anyhow!("interrupted")),
     };
     if let Err(error) = built {
@@ -59,9 +64,18 @@ pub(super) async fn up(lab: &str, containers: u16) -> Result<()> {
         });
     }
     created.keep();
+    let far_peer = if spec.far_peer {
+        format!(
+            ", {} ({FAR_ADDR}, through {}, MTU {FAR_LINK_MTU})",
+            ns_name(lab, Node::Far),
+            ns_name(lab, Node::Out)
+        )
+    } else {
+        String::new()
+    };
     eprintln!(
         "lab `{lab}` is up: {} (bridge {BRIDGE} {BRIDGE_ADDR}, uplink {UPLINK} {HOST_UPLINK_ADDR}), \
-         {} ({OUTSIDE_ADDR}), containers {}..{}; took {:.1?}",
+         {} ({OUTSIDE_ADDR}){far_peer}, containers {}..{}; took {:.1?}",
         ns_name(lab, Node::Host),
         ns_name(lab, Node::Out),
         ns_name(lab, Node::Container(1)),
@@ -79,19 +93,26 @@ async fn interrupted() {
     }
 }
 
-async fn build(created: &mut CreatedNamespaces, containers: u16) -> Result<()> {
-    let host_ns = created.create(Node::Host)?;
-    let out_ns = created.create(Node::Out)?;
+async fn build(created: &mut CreatedNamespaces, spec: LabSpec) -> Result<()> {
+    let host_ns = created.create(Node::Host, true)?;
+    let out_ns = created.create(Node::Out, spec.far_peer)?;
     let host = Netlink::connect_in(&host_ns)?;
     let bridge = build_host(&host, &out_ns).await?;
     let outside = Netlink::connect_in(&out_ns)?;
     let outside_addr = Ipv4Net::new_assert(OUTSIDE_ADDR, UPLINK_PREFIX_LEN);
-    configure_leaf(&outside, outside_addr, None).await?;
+    configure_leaf(&outside, UPLINK, outside_addr, None).await?;
+    if spec.far_peer {
+        let far_ns = created.create(Node::Far, false)?;
+        far_peer::build(&host, &outside, &far_ns)
+            .await
+            .context("setting up the far peer")?;
+    }
     drop(outside);
 
+    let containers = spec.containers;
     let progress = Progress::new(containers);
     for i in 1..=containers {
-        let ns = created.create(Node::Container(i))?;
+        let ns = created.create(Node::Container(i), false)?;
         add_container(&host, bridge, &ns, i)
             .await
             .with_context(|| format!("setting up container c{i}"))?;
@@ -133,17 +154,22 @@ async fn add_container(host: &Netlink, bridge: u32, ns: &NetNs, i: u16) -> Resul
     host.add_veth(pair).await?;
     let container = Netlink::connect_in(ns)?;
     let addr = Ipv4Net::new_assert(container_addr(i), POD_PREFIX_LEN);
-    configure_leaf(&container, addr, Some(BRIDGE_ADDR)).await
+    configure_leaf(&container, CONTAINER_IFACE, addr, Some(BRIDGE_ADDR)).await
 }
 
-/// The inside of a leaf node (outside peer or container), whose `eth0` is a
-/// veth peer created from the host: `lo` and `eth0` up, `addr` on `eth0`,
-/// optional default route.
-async fn configure_leaf(node: &Netlink, addr: Ipv4Net, gateway: Option<Ipv4Addr>) -> Result<()> {
+/// The inside of a leaf node (outside peer, far peer or container), whose
+/// `iface` is a veth peer created from its neighbour: `lo` and `iface` up,
+/// `addr` on `iface`, optional default route.
+pub(super) async fn configure_leaf(
+    node: &Netlink,
+    iface: &str,
+    addr: Ipv4Net,
+    gateway: Option<Ipv4Addr>,
+) -> Result<()> {
     node.set_link_up_by_name("lo").await?;
-    let eth0 = node.link_index(CONTAINER_IFACE).await?;
-    node.set_link_up(eth0).await?;
-    node.add_ipv4_addr(eth0, addr).await?;
+    let link = node.link_index(iface).await?;
+    node.set_link_up(link).await?;
+    node.add_ipv4_addr(link, addr).await?;
     if let Some(gateway) = gateway {
         node.add_default_route(gateway).await?;
     }
@@ -165,13 +191,14 @@ impl CreatedNamespaces {
         }
     }
 
-    /// Creates the namespace of `node` and sets its sysctls, before any
-    /// interface exists so that new interfaces inherit the `default` values.
-    fn create(&mut self, node: Node) -> Result<NetNs> {
+    /// Creates the namespace of `node` and sets its sysctls (IP forwarding
+    /// if it `routes`), before any interface exists so that new interfaces
+    /// inherit the `default` values.
+    fn create(&mut self, node: Node, routes: bool) -> Result<NetNs> {
         let name = ns_name(&self.lab, node);
         let ns = NetNs::create(&name)?;
         self.names.push(name);
-        let forwarding = (node == Node::Host).then_some(IP_FORWARD);
+        let forwarding = routes.then_some(IP_FORWARD);
         // Net sysctls belong to the namespace of the thread that opens them.
         ns.run(|| {
             IPV6_OFF
