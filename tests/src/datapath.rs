@@ -94,6 +94,23 @@ impl<'lab> Datapath<'lab> {
         guard
     }
 
+    /// The datapath counter `name` now (`bpfmasq stats`); panics if there is
+    /// no such counter.
+    pub fn counter(&self, name: &str) -> u64 {
+        counter(&self.stats(), name).unwrap_or_else(|| panic!("no counter {name}"))
+    }
+
+    /// Asserts that counter `name` reached `at_least`, showing the datapath
+    /// otherwise.
+    pub fn assert_counter_at_least(&self, name: &str, at_least: u64) {
+        let value = self.counter(name);
+        assert!(
+            value >= at_least,
+            "counter {name} is {value}, expected at least {at_least}\n{}",
+            self.diagnostics()
+        );
+    }
+
     /// Detaches now, asserting success; returns `detach`'s output.
     pub fn detach(mut self) -> Output {
         self.attached = false;

@@ -9,7 +9,6 @@ use std::net::SocketAddrV4;
 use bpfmasq_e2e::{
     Datapath, Lab,
     daemon_support::{Daemon, host_json},
-    datapath::counter,
     icmp::{self, ping},
     process::describe,
     tcp::{self, TcpServer},
@@ -110,10 +109,6 @@ fn transfer(lab: &Lab, dp: &Datapath<'_>) {
     );
 }
 
-fn stat(dp: &Datapath<'_>, name: &str) -> u64 {
-    counter(&dp.stats(), name).unwrap_or_else(|| panic!("no counter {name}"))
-}
-
 #[test]
 fn fast_path_flows_skip_the_host_stack() {
     let lab = Lab::up("fpon", 1);
@@ -131,7 +126,7 @@ fn fast_path_flows_skip_the_host_stack() {
     // Both directions took the fast path, and the uplink still masqueraded.
     for name in ["fast_path_out", "fast_path_in", "translated_out"] {
         assert!(
-            stat(&dp, name) >= 10,
+            dp.counter(name) >= 10,
             "{name} did not count the transfer\n{}",
             dp.diagnostics()
         );
@@ -150,7 +145,7 @@ fn flows_the_fast_path_declines_still_work_through_the_host() {
         "c1 did not get the host's time-exceeded: {text}\n{}",
         dp.diagnostics()
     );
-    assert!(stat(&dp, "fallback_ttl") >= 1, "{}", dp.diagnostics());
+    assert!(dp.counter("fallback_ttl") >= 1, "{}", dp.diagnostics());
 
     // Beyond a smaller route MTU the host must send "fragmentation needed"
     // (the fast path cannot): the container's TCP then sends smaller segments.
@@ -174,12 +169,12 @@ fn flows_the_fast_path_declines_still_work_through_the_host() {
     );
     transfer(&lab, &dp);
     assert!(
-        stat(&dp, "fallback_frag_needed") >= 1,
+        dp.counter("fallback_frag_needed") >= 1,
         "no packet fell back for its size\n{}",
         dp.diagnostics()
     );
     // Segments that fit went the fast way again.
-    assert!(stat(&dp, "fast_path_out") >= 10, "{}", dp.diagnostics());
+    assert!(dp.counter("fast_path_out") >= 10, "{}", dp.diagnostics());
 }
 
 #[test]
@@ -196,7 +191,7 @@ fn with_the_fast_path_off_the_host_forwards_everything_and_detach_leaves_nothing
         dp.diagnostics()
     );
     for name in ["fast_path_out", "fast_path_in"] {
-        assert_eq!(stat(&dp, name), 0, "{name} moved\n{}", dp.diagnostics());
+        assert_eq!(dp.counter(name), 0, "{name} moved\n{}", dp.diagnostics());
     }
 
     dp.detach();
@@ -222,11 +217,11 @@ fn run_switches_the_fast_path_of_an_adopted_datapath() {
         !fast_path_status(&lab),
         "run did not switch the fast path off"
     );
-    let before = stat(&dp, "fast_path_out");
+    let before = dp.counter("fast_path_out");
     let out = ping(&lab, &container(1), OUTSIDE_ADDR, 2, 2);
     assert!(out.status.success(), "ping: {}", describe(&out));
     assert_eq!(
-        stat(&dp, "fast_path_out"),
+        dp.counter("fast_path_out"),
         before,
         "packets took the fast path after it was switched off\n{}",
         dp.diagnostics()
@@ -238,7 +233,7 @@ fn run_switches_the_fast_path_of_an_adopted_datapath() {
     let out = ping(&lab, &container(1), OUTSIDE_ADDR, 2, 2);
     assert!(out.status.success(), "ping: {}", describe(&out));
     assert!(
-        stat(&dp, "fast_path_out") >= before + 2,
+        dp.counter("fast_path_out") >= before + 2,
         "the fast path did not come back on\n{}",
         dp.diagnostics()
     );

@@ -73,15 +73,6 @@ fn flow_to_server(lab: &Lab, server: &UdpEchoServer) -> (UdpSocket, SocketAddrV4
     (socket, seen)
 }
 
-fn assert_counter_at_least(dp: &Datapath, name: &str, at_least: u64) {
-    let value = counter(&dp.stats(), name).unwrap_or(0);
-    assert!(
-        value >= at_least,
-        "counter {name} is {value}, expected at least {at_least}\n{}",
-        dp.diagnostics()
-    );
-}
-
 #[test]
 fn large_datagrams_cross_both_ways_in_order() {
     let lab = Lab::up("frag-order", 1);
@@ -110,7 +101,7 @@ fn large_datagrams_cross_both_ways_in_order() {
         udp::peers(&requests)
     );
     // Five later fragments each way went through the datapath's fragment path.
-    assert_counter_at_least(&dp, "translated_fragment", 10);
+    dp.assert_counter_at_least("translated_fragment", 10);
 }
 
 #[test]
@@ -181,8 +172,8 @@ fn an_answer_whose_first_fragment_arrives_last_reaches_the_container_intact() {
     assert_eq!(from, SocketAddr::V4(server_addr()));
     assert!(received == answer, "the answer arrived changed");
     let held = sent as u64 - 1;
-    assert_counter_at_least(&dp, "parked_fragment", held);
-    assert_counter_at_least(&dp, "released_fragment", held);
+    dp.assert_counter_at_least("parked_fragment", held);
+    dp.assert_counter_at_least("released_fragment", held);
 }
 
 #[test]

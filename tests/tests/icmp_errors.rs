@@ -4,9 +4,7 @@
 use std::{io::ErrorKind, net::SocketAddrV4, time::Duration};
 
 use bpfmasq_e2e::{
-    Datapath, Lab,
-    datapath::counter,
-    icmp,
+    Datapath, Lab, icmp,
     topology::{OUTSIDE_ADDR, container, container_addr},
     udp,
 };
@@ -48,11 +46,8 @@ fn udp_to_a_closed_port_is_refused_inside_the_container() {
         "c1 never saw ECONNREFUSED: the ICMP error did not come back\n{}",
         dp.diagnostics()
     );
-    assert!(
-        counter(&dp.stats(), "translated_icmp_error") >= Some(1),
-        "the error did not go through the datapath's ICMP translation\n{}",
-        dp.diagnostics()
-    );
+    // The error went through the datapath's ICMP translation.
+    dp.assert_counter_at_least("translated_icmp_error", 1);
 }
 
 #[test]

@@ -9,7 +9,6 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use bpfmasq_e2e::{
     Datapath, Lab,
     capture::{Capture, Captured},
-    datapath::counter,
     frame::{IPPROTO_ICMP, IPPROTO_TCP, Seen},
     process::describe,
     tcp::{self, TcpServer},
@@ -41,7 +40,7 @@ fn udp_traceroute_shows_the_hop_past_the_uplink() {
     );
     // The outside peer's time-exceeded and the far peer's port-unreachable.
     assert!(
-        translated_icmp_errors(&dp) >= 2,
+        dp.counter("translated_icmp_error") >= 2,
         "the answers did not go through the ICMP error translation\n{}",
         dp.diagnostics()
     );
@@ -61,7 +60,7 @@ fn icmp_traceroute_shows_the_hop_past_the_uplink() {
     // The outside peer's time-exceeded quoting an echo request; the far
     // peer's echo reply is ordinary reply traffic.
     assert!(
-        translated_icmp_errors(&dp) >= 1,
+        dp.counter("translated_icmp_error") >= 1,
         "the outside peer's time-exceeded did not go through the ICMP error translation\n{}",
         dp.diagnostics()
     );
@@ -115,7 +114,7 @@ fn tracepath_finds_the_hops_and_the_path_mtu() {
         output.contains(&format!("Resume: pmtu {FAR_LINK_MTU} hops 3")),
         "{context}"
     );
-    assert!(translated_icmp_errors(&dp) >= 1, "{context}");
+    assert!(dp.counter("translated_icmp_error") >= 1, "{context}");
 }
 
 #[test]
@@ -170,7 +169,7 @@ fn tcp_to_the_far_peer_discovers_the_path_mtu() {
         "c1 did not learn the path MTU: `ip route get {FAR_ADDR}` says {route}"
     );
     assert!(
-        translated_icmp_errors(&dp) >= 1,
+        dp.counter("translated_icmp_error") >= 1,
         "the frag-needed did not go through the ICMP error translation\n{}",
         dp.diagnostics()
     );
@@ -234,10 +233,6 @@ fn tracepath_hops(output: &str) -> Vec<TracepathLine<'_>> {
             Some(TracepathLine { addr, text })
         })
         .collect()
-}
-
-fn translated_icmp_errors(dp: &Datapath) -> u64 {
-    counter(&dp.stats(), "translated_icmp_error").unwrap_or(0)
 }
 
 /// ICMP messages of `(type, code)` from `source` to the NAT address in a capture.
