@@ -38,8 +38,8 @@ counters! {
     DropTableFull = "drop_table_full",
     /// Dropped: a pod packet with a protocol or ICMP type we cannot translate.
     DropUnsupported = "drop_unsupported",
-    /// Dropped: a fragment whose datagram cannot be tracked (fragment
-    /// table full, IP ID collision, or too many held fragments).
+    /// Dropped: a pod's fragment whose datagram cannot be tracked (fragment
+    /// table full, or its IP ID towards that peer claimed by another pod).
     DropFragment = "drop_fragment",
     /// Dropped: a pod packet with a truncated or malformed header.
     DropMalformed = "drop_malformed",
@@ -99,6 +99,10 @@ counters! {
     /// Fast path declined: larger than the route's MTU: the host fragments it
     /// or sends "fragmentation needed".
     FallbackFragNeeded = "fallback_frag_needed",
+    /// An incoming fragment that could not be held for its first fragment
+    /// (16 held for its datagram, larger than 1500 bytes, tables full):
+    /// left to the host, as without bpfmasq.
+    PassedFragmentNotHeld = "passed_fragment_not_held",
 }
 
 impl Counter {

@@ -11,7 +11,7 @@
 //! and short-lived (see [`dataplane_common::fragments`]).
 
 use aya_ebpf::{
-    bindings::{BPF_F_INGRESS, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{BPF_F_INGRESS, BPF_F_RECOMPUTE_CSUM, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
     helpers::{bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes},
     programs::TcContext,
 };
@@ -33,6 +33,8 @@ use crate::{
 };
 
 const ETH_LEN: u32 = EthHdr::LEN as u32;
+/// Keeps a CHECKSUM_COMPLETE skb's sum right when bytes are replaced.
+const RECOMPUTE: u64 = BPF_F_RECOMPUTE_CSUM as u64;
 /// skb mark of the clones [`release`] sends back into the interface's
 /// ingress: already translated, to be let through once, untouched.
 const RELEASED_MARK: u32 = u32::from_be_bytes(*b"frag");
@@ -81,7 +83,7 @@ pub fn snat_later(ctx: &TcContext, ip: &Ipv4, nat_addr: u32) -> Verdict {
 pub fn unsnat_later(ctx: &TcContext, ip: &Ipv4, now_ns: u64) -> Verdict {
     let key = DatagramKey::new(ip.src, ip.dst, ip.id, ip.proto);
     let Some(entry) = fresh_or_new(&key, now_ns) else {
-        return (TC_ACT_SHOT, Counter::DropFragment);
+        return (TC_ACT_OK, Counter::PassedFragmentNotHeld);
     };
     // SAFETY: map value pointer, valid for this run.
     let addr = unsafe { (*entry).addr };
@@ -114,10 +116,13 @@ pub fn first_incoming(ctx: &TcContext, ip: &Ipv4, now_ns: u64) -> i32 {
     };
     // SAFETY: map value pointer, valid for this run.
     let parked = unsafe {
-        if (*entry).addr != 0 {
-            return TC_ACT_OK; // a repeated first fragment
-        }
+        // A repeated first fragment, or a reused IP ID: the latest first
+        // fragment says where the rest goes.
+        let known = (*entry).addr != 0;
         (*entry).addr = addr;
+        if known {
+            return TC_ACT_OK;
+        }
         core::mem::replace(&mut (*entry).parked, 0)
     };
     if parked == 0 {
@@ -160,7 +165,9 @@ fn fresh_or_new(key: &DatagramKey, now_ns: u64) -> Option<*mut DatagramEntry> {
 #[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 fn park(ctx: &TcContext, ip: &Ipv4, key: &DatagramKey, entry: *mut DatagramEntry) -> Verdict {
-    const REFUSED: Verdict = (TC_ACT_SHOT, Counter::DropFragment);
+    // Left to the host as before bpfmasq: its own datagrams still reassemble
+    // there; one for a pod is lost either way.
+    const REFUSED: Verdict = (TC_ACT_OK, Counter::PassedFragmentNotHeld);
     // SAFETY: map value pointer, valid for this run.
     let slot = unsafe { (*entry).parked };
     let len = ip.total_len as u32;
@@ -205,6 +212,7 @@ fn release(ctx: &TcContext, key: &DatagramKey, addr: u32, parked: u32) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     ctx.set_mark(RELEASED_MARK);
     if ctx.clone_redirect(ifindex, BPF_F_INGRESS as u64).is_err() {
+        ctx.set_mark(0);
         return TC_ACT_OK; // the held fragments expire
     }
     for slot in 0..MAX_PARKED_PER_DATAGRAM {
@@ -252,7 +260,13 @@ fn resend(
         }
         let skb = ctx.skb.skb.cast();
         bpf_skb_change_tail(skb, ETH_LEN + len, 0) == 0
-            && bpf_skb_store_bytes(skb, ETH_LEN, bytes.as_ptr().cast(), verifier_len(len), 0) == 0
+            && bpf_skb_store_bytes(
+                skb,
+                ETH_LEN,
+                bytes.as_ptr().cast(),
+                verifier_len(len),
+                RECOMPUTE,
+            ) == 0
             && ctx.clone_redirect(ifindex, BPF_F_INGRESS as u64).is_ok()
     }
 }

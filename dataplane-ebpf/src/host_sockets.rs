@@ -19,6 +19,9 @@ use dataplane_common::{
 
 use crate::{counters::count, maps::CONNTRACK, packet::Ipv4, packet::parse_transport};
 
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
 /// Whether a socket of the host (in the network namespace of the packet's
 /// interface) would receive a TCP/UDP packet from `remote` to `local`,
 /// addresses and ports in network byte order: the kernel's own lookup,
@@ -71,6 +74,12 @@ pub fn claim_for_host(ctx: &TcContext, ip: &Ipv4) {
     let Ok(Some(l4)) = parse_transport(ctx, ip) else {
         return;
     };
+    // A TCP connection of the host claims its tuple with its first SYN; any
+    // other segment (an RST the host answers a stray packet with, say) must
+    // not let an outsider make the host tear a container's flow down.
+    if ip.proto == IPPROTO_TCP && l4.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        return;
+    }
     // How the peer's answers to the host arrive: the key of a flow's reply half.
     let reply_key = FlowKey::new(ip.dst, ip.src, l4.dst_port, l4.src_port, ip.proto);
     let Some(entry) = CONNTRACK.get_ptr_mut(reply_key) else {

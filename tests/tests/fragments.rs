@@ -200,7 +200,7 @@ fn held_fragments_are_bounded_and_expire() {
         dp.diagnostics()
     );
     assert_eq!(
-        counter(&stats, "drop_fragment"),
+        counter(&stats, "passed_fragment_not_held"),
         Some(sent - MAX_PARKED_PER_DATAGRAM)
     );
     // Once the datagram's state expired, its first fragment releases nothing.

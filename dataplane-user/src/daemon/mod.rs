@@ -12,8 +12,7 @@ mod logs;
 
 use std::{net::Ipv4Addr, time::Duration};
 
-use anyhow::{Context as _, Result, anyhow, bail};
-use aya::maps::{Array, Map, MapData};
+use anyhow::{Context as _, Result, bail};
 use dataplane_common::{
     config::{AttachMode, NatConfig},
     maps,
@@ -432,7 +431,7 @@ impl Daemon {
             return Ok(());
         }
         config.nat_addr = u32::from_ne_bytes(new.octets());
-        if let Err(e) = write_config(&self.instance, &config) {
+        if let Err(e) = pinned::write_config(&self.instance, &config) {
             eprintln!(
                 "bpfmasq run: warning: {uplink}'s address is now {new}, but updating the datapath failed: {e:#}"
             );
@@ -447,19 +446,6 @@ impl Daemon {
         );
         Ok(())
     }
-}
-
-/// Writes the pinned CONFIG's only slot.
-fn write_config(instance: &Instance, config: &NatConfig) -> Result<()> {
-    let path = instance.pin(maps::CONFIG);
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("opening pinned map {}", path.display()))?;
-    let map =
-        Map::from_map_data(data).map_err(|e| anyhow!("pinned map {}: {e}", path.display()))?;
-    let mut array: Array<MapData, NatConfig> = map.try_into()?;
-    array
-        .set(0, config, 0)
-        .context("writing the datapath configuration")
 }
 
 /// One sweep now, reported.

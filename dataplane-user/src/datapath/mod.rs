@@ -14,7 +14,7 @@ pub mod tc;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::Ebpf;
-use dataplane_common::config::NatConfig;
+use dataplane_common::config::{FLAG_FAST_PATH, NatConfig};
 
 use self::{
     instance::{Instance, netns_label},
@@ -140,8 +140,22 @@ pub async fn detach_instance(netlink: &Netlink, instance: &Instance) -> Result<(
     // The interfaces may be gone (their namespace torn down): then only pins remain.
     let config = pinned::read_config(instance).unwrap_or_default();
     let record = AttachRecord::from_config(&config);
-    let ifaces = Interfaces::recorded(netlink, instance, &config).await;
-    let mut errors = tc::detach(netlink, instance, &ifaces, &record).await;
+    // Without the interface list nothing could be detached reliably: stop
+    // before removing anything, so that a retry finds it all in place.
+    let ifaces = Interfaces::recorded(netlink, instance, &config)
+        .await
+        .context("listing the interfaces to detach from; nothing was detached")?;
+    let mut errors = Vec::new();
+    // The bridge program goes inert first: whatever step fails below, it
+    // never redirects a pod's packet to an uplink whose SNAT is gone.
+    if config.fast_path() {
+        let inert = NatConfig {
+            flags: config.flags & !FLAG_FAST_PATH,
+            ..config
+        };
+        errors.extend(pinned::write_config(instance, &inert).err());
+    }
+    errors.extend(tc::detach(netlink, instance, &ifaces, &record).await);
     errors.extend(instance.remove_pins().err());
     if errors.is_empty() {
         return Ok(());

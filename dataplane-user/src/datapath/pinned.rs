@@ -25,6 +25,14 @@ pub fn read_config(instance: &Instance) -> Result<NatConfig> {
         .context("reading the datapath configuration")
 }
 
+/// Writes the pinned CONFIG's only slot.
+pub fn write_config(instance: &Instance, config: &NatConfig) -> Result<()> {
+    let mut array: Array<MapData, NatConfig> = open(instance, maps::CONFIG)?.try_into()?;
+    array
+        .set(0, config, 0)
+        .context("writing the datapath configuration")
+}
+
 pub fn conntrack(instance: &Instance) -> Result<HashMap<MapData, FlowKey, FlowEntry>> {
     Ok(open(instance, maps::CONNTRACK)?.try_into()?)
 }

@@ -115,10 +115,14 @@ impl Interfaces {
     /// The interfaces `config` records, as they are now: the uplink by the
     /// instance's name, the bridge by its recorded index (a bridge re-created
     /// under the same name is not the one attached to).
-    pub async fn recorded(netlink: &Netlink, instance: &Instance, config: &NatConfig) -> Self {
-        let links = netlink.links().await.unwrap_or_default();
+    pub async fn recorded(
+        netlink: &Netlink,
+        instance: &Instance,
+        config: &NatConfig,
+    ) -> Result<Self> {
+        let links = netlink.links().await?;
         let bridge = links.iter().find(|l| l.index == config.bridge_ifindex);
-        Self {
+        Ok(Self {
             uplink: Interface {
                 name: instance.uplink.clone(),
                 index: links
@@ -130,7 +134,7 @@ impl Interfaces {
                 name: bridge.map(|l| l.name.clone()).unwrap_or_default(),
                 index: bridge.map(|l| l.index),
             },
-        }
+        })
     }
 
     fn on(&self, side: Side) -> &Interface {
@@ -207,7 +211,7 @@ fn attach_tcx(ebpf: &mut Ebpf, instance: &Instance, ifaces: &Interfaces) -> Resu
     for (done, hook) in HOOKS.iter().enumerate() {
         let iface = &ifaces.on(hook.side).name;
         if let Err(e) = attach_tcx_hook(ebpf, hook, iface, &instance.pin(hook.link_pin)) {
-            for attached in &HOOKS[..done] {
+            for attached in HOOKS[..done].iter().rev() {
                 let _ = unpin_link(&instance.pin(attached.link_pin));
             }
             return Err(e);
@@ -354,13 +358,15 @@ async fn detach_clsact(
     record: &AttachRecord,
 ) -> Vec<anyhow::Error> {
     let mut errors = Vec::new();
-    for (hook, filter) in HOOKS.iter().zip(record.filters) {
+    // Reverse order: the SNAT program goes last, so no pod packet can reach
+    // the uplink without it while the fast path still redirects.
+    for (hook, filter) in HOOKS.iter().zip(record.filters).rev() {
         let iface = ifaces.on(hook.side);
         if iface.index.is_some() && filter.1 != 0 {
             errors.extend(detach_filter(&iface.name, hook.attach_type, filter).err());
         }
     }
-    for side in SIDES {
+    for side in SIDES.into_iter().rev() {
         let iface = ifaces.on(side);
         if let (true, Some(index)) = (record.created_clsact[side as usize], iface.index) {
             errors.extend(delete_clsact(netlink, &iface.name, index).await.err());
@@ -379,7 +385,8 @@ pub async fn detach(
     record: &AttachRecord,
 ) -> Vec<anyhow::Error> {
     let mut errors = Vec::new();
-    for hook in &HOOKS {
+    // Reverse order, as for clsact: the SNAT program goes last.
+    for hook in HOOKS.iter().rev() {
         let link_pin = instance.pin(hook.link_pin);
         if link_pin.exists() {
             errors.extend(unpin_link(&link_pin).err());
