@@ -27,10 +27,21 @@ const POD2: Ipv4Addr = Ipv4Addr::new(10, 85, 0, 3);
 const NAT: Ipv4Addr = Ipv4Addr::new(192, 168, 61, 11);
 const PEER: Ipv4Addr = Ipv4Addr::new(192, 168, 61, 12);
 
-/// A loaded, configured, unattached copy of the programs.
+/// A loaded, configured, unattached copy of the programs. Fields drop in
+/// order: the programs and maps go, then their pins.
 struct Programs {
     ebpf: Ebpf,
-    instance: Instance,
+    _pins: Pins,
+}
+
+/// A test instance's pin folder, removed when dropped: also when loading
+/// the programs panicked half-way.
+struct Pins(Instance);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = self.0.remove_pins();
+    }
 }
 
 impl Programs {
@@ -44,7 +55,11 @@ impl Programs {
             "BPF_PROG_TEST_RUN tests need root"
         );
         bpfmasq::datapath::bpffs::ensure_mounted().expect("bpffs");
-        let instance = Instance::new(&format!("test-run-{}", std::process::id()), name);
+        let pins = Pins(Instance::new(
+            &format!("test-run-{}", std::process::id()),
+            name,
+        ));
+        let instance = &pins.0;
         let _ = instance.remove_pins();
         std::fs::create_dir_all(instance.dir()).expect("pin dir");
         let pod_cidr: Ipv4Net = "10.85.0.0/16".parse().unwrap();
@@ -63,9 +78,9 @@ impl Programs {
             timeouts: Default::default(),
             fast_path,
         };
-        let mut ebpf = loader::load(&instance, &resolved).expect("load");
+        let mut ebpf = loader::load(instance, &resolved).expect("load");
         loader::configure(&mut ebpf, &resolved.nat_config(), &resolved).expect("configure");
-        Self { ebpf, instance }
+        Self { ebpf, _pins: pins }
     }
 
     /// Runs `program` on `frame`; returns the verdict and the frame after it.
@@ -106,12 +121,6 @@ impl Programs {
         let map: PerCpuArray<&MapData, u64> =
             self.ebpf.map(maps::COUNTERS).unwrap().try_into().unwrap();
         map.get(&(counter as u32), 0).unwrap().iter().sum()
-    }
-}
-
-impl Drop for Programs {
-    fn drop(&mut self) {
-        let _ = self.instance.remove_pins();
     }
 }
 
