@@ -5,13 +5,14 @@
 //! group's id, and nothing else.
 
 use std::{
-    io::{self, Read},
+    io,
     os::unix::process::CommandExt as _,
-    process::{Child, Command, Output, Stdio},
-    sync::mpsc,
+    process::{Command, Output, Stdio},
     thread,
     time::{Duration, Instant},
 };
+
+use bpfmasq::bench::proc::{collect, kill_group};
 
 /// How long a finished command's descendants may keep its output pipes open.
 const PIPE_GRACE: Duration = Duration::from_secs(5);
@@ -100,29 +101,6 @@ fn describe_streams(stdout: &[u8], stderr: &[u8]) -> String {
         String::from_utf8_lossy(stdout).trim_end(),
         String::from_utf8_lossy(stderr).trim_end()
     )
-}
-
-/// Reads a pipe to its end on a thread of its own; the bytes arrive on the channel.
-fn collect(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut bytes = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut bytes);
-        }
-        let _ = tx.send(bytes);
-    });
-    rx
-}
-
-/// Kills the process group led by `child` (created by [`try_run`]) and reaps `child`.
-fn kill_group(child: &mut Child) {
-    if let Ok(pgid) = i32::try_from(child.id()) {
-        // SAFETY: kill(2) with a negative pid signals exactly that process
-        // group, which `try_run` created for this command.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
-    }
-    let _ = child.wait();
 }
 
 #[cfg(test)]

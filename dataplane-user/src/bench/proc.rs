@@ -265,8 +265,9 @@ impl Drop for Server {
     }
 }
 
-/// Reads a pipe to its end on a thread of its own.
-fn collect(pipe: Option<impl io::Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
+/// Reads a pipe to its end on a thread of its own; the bytes arrive on the
+/// channel. Shared with the end-to-end tests' command runner.
+pub fn collect(pipe: Option<impl io::Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let mut bytes = Vec::new();
@@ -280,9 +281,9 @@ fn collect(pipe: Option<impl io::Read + Send + 'static>) -> mpsc::Receiver<Vec<u
 
 /// SIGKILLs the process group `child` leads (created with `process_group(0)`)
 /// and reaps `child`.
-fn kill_group(child: &mut Child) {
+pub fn kill_group(child: &mut Child) {
     if let Ok(pgid) = i32::try_from(child.id()) {
-        // SAFETY: kill(2) on exactly the process group this module created
+        // SAFETY: kill(2) on exactly the process group the caller created
         // for this child.
         unsafe { libc::kill(-pgid, libc::SIGKILL) };
     }
