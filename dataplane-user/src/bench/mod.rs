@@ -440,45 +440,17 @@ impl Bench {
         Ok(Sample {
             repetition: block.repetition,
             scale: block.scale,
-            variant: block.variant,
-            workload,
             started_s: self.started.elapsed().as_secs_f64(),
-            elapsed_s: 0.0,
             ok: false,
             error: Some(last_error),
             attempts: 2,
-            metrics: BTreeMap::new(),
-            work_units: None,
-            cpu_busy_s: None,
-            cpu_busy_share: None,
-            bpf: Vec::new(),
-            command: String::new(),
-            details: BTreeMap::new(),
-            trials_ms: Vec::new(),
+            ..Sample::new(block.variant, workload)
         })
     }
 
     /// Runs `workload` once and checks its figures are sane (finite, > 0).
     fn measure(&self, lab: &BenchLab, active: &Active, workload: Workload) -> Result<Sample> {
-        let mut sample = Sample {
-            repetition: 0,
-            scale: 0,
-            variant: active.variant,
-            workload,
-            started_s: 0.0,
-            elapsed_s: 0.0,
-            ok: true,
-            error: None,
-            attempts: 1,
-            metrics: BTreeMap::new(),
-            work_units: None,
-            cpu_busy_s: None,
-            cpu_busy_share: None,
-            bpf: Vec::new(),
-            command: String::new(),
-            details: BTreeMap::new(),
-            trials_ms: Vec::new(),
-        };
+        let mut sample = Sample::new(active.variant, workload);
         if workload == Workload::ControlPlane {
             let mut adds = Vec::new();
             let mut removes = Vec::new();

@@ -46,6 +46,32 @@ pub struct Sample {
     pub trials_ms: Vec<[f64; 2]>,
 }
 
+impl Sample {
+    /// A successful sample of `workload` on `variant` with nothing measured
+    /// yet: callers fill in what they know.
+    pub fn new(variant: Variant, workload: Workload) -> Self {
+        Self {
+            repetition: 0,
+            scale: 0,
+            variant,
+            workload,
+            started_s: 0.0,
+            elapsed_s: 0.0,
+            ok: true,
+            error: None,
+            attempts: 1,
+            metrics: BTreeMap::new(),
+            work_units: None,
+            cpu_busy_s: None,
+            cpu_busy_share: None,
+            bpf: Vec::new(),
+            command: String::new(),
+            details: BTreeMap::new(),
+            trials_ms: Vec::new(),
+        }
+    }
+}
+
 /// bpf_stats deltas of bpfmasq's programs during one load.
 #[derive(Clone, Debug, Serialize)]
 pub struct BpfRun {
@@ -387,23 +413,11 @@ mod tests {
 
     fn sample(variant: Variant, scale: u32, value: f64) -> Sample {
         Sample {
-            repetition: 0,
             scale,
-            variant,
-            workload: Workload::ConnRate,
-            started_s: 0.0,
             elapsed_s: 1.0,
-            ok: true,
-            error: None,
-            attempts: 1,
             metrics: BTreeMap::from([(Metric::ConnPerSec, value)]),
             work_units: Some(1.0),
-            cpu_busy_s: None,
-            cpu_busy_share: None,
-            bpf: Vec::new(),
-            command: String::new(),
-            details: BTreeMap::new(),
-            trials_ms: Vec::new(),
+            ..Sample::new(variant, Workload::ConnRate)
         }
     }
 
