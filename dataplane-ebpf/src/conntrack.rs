@@ -51,7 +51,11 @@ pub fn original_entry(
         let _ = CONNTRACK.remove(key.reply_after_snat(addr, port));
         let _ = CONNTRACK.remove(key);
     }
-    create_flow(ctx, key, cfg, now_ns)
+    create_flow(ctx, key, cfg, now_ns)?;
+    // Looked up again here rather than returned by `create_flow`: a map
+    // value pointer handed back from a BPF-to-BPF call travels through the
+    // caller's stack, where verifiers before 6.2 lose track of it.
+    CONNTRACK.get_ptr_mut(key).ok_or(FlowError::TableFull)
 }
 
 /// A new SYN on a tuple whose last connection closed (FIN/RST seen) starts a
@@ -92,7 +96,7 @@ fn create_flow(
     key: &FlowKey,
     cfg: &NatConfig,
     now_ns: u64,
-) -> Result<*mut FlowEntry, FlowError> {
+) -> Result<(), FlowError> {
     let original_port = u16::from_be(key.src_port);
     for attempt in 0..MAX_PORT_ATTEMPTS {
         // SAFETY: plain helper call.
@@ -122,7 +126,7 @@ fn create_flow(
                 // Another CPU created this very flow meanwhile: use its entry.
             }
         }
-        return CONNTRACK.get_ptr_mut(key).ok_or(FlowError::TableFull);
+        return Ok(());
     }
     Err(FlowError::NoPort)
 }
