@@ -14,6 +14,7 @@ pub mod conntrack;
 pub mod counters;
 pub mod flow;
 pub mod fragments;
+pub mod kernel;
 pub mod maps;
 pub mod ports;
 

@@ -35,6 +35,7 @@ use network_types::ip::Ipv4Hdr;
 
 use crate::{
     counters::count,
+    kernel,
     maps::CONFIG,
     nat::is_excluded,
     packet::{ICMP_ECHO_REQUEST, Ipv4, parse_ipv4},
@@ -49,9 +50,13 @@ const UDP_HEADER_LEN: u16 = 8;
 /// Offset of the data-offset byte in a TCP header.
 const TCP_DOFF_OFF: usize = 12;
 
-/// The configuration, if the fast path is on.
+/// The configuration, if the fast path is on (and the kernel can run it:
+/// otherwise the verifier never sees the helpers below).
 #[inline(always)]
 fn enabled() -> Option<&'static NatConfig> {
+    if !kernel::has_fast_path() {
+        return None;
+    }
     CONFIG.get(0).filter(|cfg| cfg.fast_path())
 }
 

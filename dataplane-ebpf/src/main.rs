@@ -12,6 +12,7 @@ mod fast_path;
 mod fragments;
 mod host_sockets;
 mod icmp_error;
+mod kernel;
 mod maps;
 mod nat;
 mod packet;
@@ -23,9 +24,22 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
+/// Set by the loader only when a test asks for a program the kernel must
+/// reject (to see how that is reported); 0 otherwise, and then the verifier
+/// knows the branch below is dead and removes it.
+#[unsafe(no_mangle)]
+static TEST_REJECT: u32 = 0;
+
 /// SNAT on the uplink's egress: pod source -> NAT address.
 #[classifier]
 pub fn uplink_egress(ctx: TcContext) -> i32 {
+    // SAFETY: a read of a global (volatile: the loader sets its value).
+    let test_reject = unsafe { core::ptr::read_volatile(&TEST_REJECT) };
+    if test_reject != 0 {
+        // SAFETY: none, on purpose: a number used as a pointer, which the
+        // verifier refuses.
+        return unsafe { core::ptr::read_volatile(test_reject as usize as *const i32) };
+    }
     nat::snat(&ctx).map_or(TC_ACT_SHOT, |verdict| verdict.action)
 }
 

@@ -28,6 +28,10 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "NAME")]
     pub netns: Option<String>,
 
+    /// Print more on failure: the kernel verifier's whole log when it rejects a program.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -54,6 +58,16 @@ pub enum Command {
     Gc(InstanceArgs),
     /// Benchmark bpfmasq against iptables and nftables masquerade on the lab, side by side.
     Bench(crate::bench::BenchArgs),
+    /// Show what this kernel offers bpfmasq: features, attach mode, fast path, and each program's
+    /// verifier budget (the programs are loaded for real, nothing is attached).
+    Probe(JsonArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

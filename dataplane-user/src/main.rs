@@ -4,7 +4,9 @@ use anyhow::{Context as _, Result};
 use bpfmasq::{
     bench,
     cli::{Cli, Command, ConntrackCommand, LabCommand},
-    daemon, datapath, inspect, lab,
+    daemon,
+    datapath::{self, verifier::Rejection},
+    inspect, lab,
     netns::NetNs,
 };
 use clap::Parser as _;
@@ -17,10 +19,16 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    let verbose = cli.verbose;
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("bpfmasq: {e:#}");
+            if let Some(rejection) = e.downcast_ref::<Rejection>()
+                && verbose
+            {
+                eprintln!("{}", rejection.log);
+            }
             ExitCode::FAILURE
         }
     }
@@ -100,5 +108,6 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Gc(args) => daemon::gc_once(cli.netns.as_deref(), &args),
         Command::Run(args) => daemon::run(cli.netns.as_deref(), &args).await,
         Command::Bench(args) => bench::run(&args).await,
+        Command::Probe(args) => inspect::probe(args.json),
     }
 }

@@ -14,6 +14,7 @@ use aya::{
 };
 use bpfmasq::datapath::{
     instance::Instance,
+    kernel::Kernel,
     loader,
     options::{PortRange, Resolved, builtin_no_masq},
 };
@@ -77,6 +78,7 @@ impl Programs {
             ct_max: 1024,
             timeouts: Default::default(),
             fast_path,
+            kernel: Kernel::probe(),
         };
         let mut ebpf = loader::load(instance, &resolved).expect("load");
         loader::configure(&mut ebpf, &resolved.nat_config(), &resolved).expect("configure");

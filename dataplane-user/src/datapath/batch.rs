@@ -5,14 +5,17 @@
 
 use std::{
     io,
-    mem::{MaybeUninit, size_of},
+    mem::MaybeUninit,
     os::fd::{AsFd as _, AsRawFd as _},
 };
 
 use aya::{Pod, maps::MapData};
 
+use super::sys::bpf;
+
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 /// Entries per lookup call; large enough that no hash bucket overflows it.
 const LOOKUP_CHUNK: usize = 8192;
 
@@ -28,24 +31,6 @@ struct BatchAttr {
     map_fd: u32,
     elem_flags: u64,
     flags: u64,
-}
-
-fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
-    // SAFETY: `attr` is a valid bpf_attr prefix for the batch commands; the
-    // buffers it points to outlive the call and have room for `count` items.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut BatchAttr,
-            size_of::<BatchAttr>(),
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
 }
 
 /// Every (key, value) of a hash map. Entries added or removed meanwhile may
@@ -68,7 +53,7 @@ pub fn lookup_all<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
             map_fd: fd,
             ..Default::default()
         };
-        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr).map(drop);
         let done = match result {
             Ok(()) => false,
             // ENOENT: the last, possibly partial, batch; `count` says how much.
@@ -109,12 +94,45 @@ pub fn delete<K: Pod>(map: &MapData, keys: &[K]) -> io::Result<usize> {
             ..Default::default()
         };
         match bpf(BPF_MAP_DELETE_BATCH, &mut attr) {
-            Ok(()) => return Ok(deleted + rest.len()),
+            Ok(_) => return Ok(deleted + rest.len()),
             // The batch stops at a missing key: `count` were deleted before it.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 deleted += attr.count as usize;
                 rest = &rest[attr.count as usize + 1..];
             }
+            Err(e) if is_unsupported(&e) => return Ok(deleted + delete_one_by_one(fd, rest)?),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(deleted)
+}
+
+/// Whether a batch command failed because the kernel (before 5.6) or the
+/// map type has no batch operations.
+pub fn is_unsupported(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP))
+}
+
+/// The `union bpf_attr` prefix of BPF_MAP_DELETE_ELEM.
+#[repr(C)]
+struct DeleteElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+}
+
+/// [`delete`] without batch operations: one system call per key.
+fn delete_one_by_one<K: Pod>(map_fd: u32, keys: &[K]) -> io::Result<usize> {
+    let mut deleted = 0;
+    for key in keys {
+        let mut attr = DeleteElemAttr {
+            map_fd,
+            _pad: 0,
+            key: key as *const K as u64,
+        };
+        match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
+            Ok(_) => deleted += 1,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => return Err(e),
         }
     }

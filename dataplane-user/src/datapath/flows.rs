@@ -94,7 +94,7 @@ pub fn snapshot(table: &ConntrackMap) -> Result<Snapshot> {
 fn read_entries(table: &ConntrackMap) -> Result<Vec<(FlowKey, FlowEntry)>> {
     match batch::lookup_all(table.map()) {
         Ok(entries) => Ok(entries),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
+        Err(e) if batch::is_unsupported(&e) => {
             let mut entries = Vec::new();
             for item in table.iter() {
                 match item {

@@ -7,33 +7,90 @@ use aya::{
     maps::{Array, LpmTrie, MapData, lpm_trie::Key},
     programs::SchedClassifier,
 };
-use dataplane_common::{config::NatConfig, maps};
+use std::{path::Path, time::Instant};
 
-use super::{instance::Instance, options::Resolved};
+use dataplane_common::{config::NatConfig, kernel::KERNEL_FEATURES, maps};
+
+use super::{
+    instance::Instance,
+    kernel::Kernel,
+    options::Resolved,
+    verifier::{Budget, Rejection},
+};
+
+/// Name of the programs' global that [`TEST_REJECT_ENV`] sets.
+const TEST_REJECT: &str = "TEST_REJECT";
 
 /// The object built by build.rs (empty when built without bpf-linker).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane"));
 
 /// Loads the programs into the kernel, creating (or reusing) the maps
 /// pinned in `instance`'s folder. A reused map keeps its contents and its
-/// size (`--ct-max` only sizes a new CONNTRACK).
+/// size (`--ct-max` only sizes a new CONNTRACK). The probed kernel says
+/// which parts of the programs it can run.
 pub fn load(instance: &Instance, resolved: &Resolved) -> Result<Ebpf> {
+    let kernel = &resolved.kernel;
+    let mut ebpf = load_object(&instance.dir(), resolved.ct_max, kernel)?;
+    for name in PROGRAMS {
+        load_program(&mut ebpf, name, kernel)?;
+    }
+    Ok(ebpf)
+}
+
+/// Loads every program with its maps pinned in `pin_dir` (a throwaway
+/// folder) and reports what verifying each one cost, or why the kernel
+/// refused it; attaches nothing.
+pub fn verify_all(pin_dir: &Path, kernel: &Kernel) -> Result<Vec<Result<Budget>>> {
+    let mut ebpf = load_object(pin_dir, MIN_CT_MAX, kernel)?;
+    Ok(PROGRAMS
+        .iter()
+        .map(|name| load_program(&mut ebpf, name, kernel))
+        .collect())
+}
+
+/// The smallest table `--ct-max` allows: enough to verify the programs.
+const MIN_CT_MAX: u32 = 16;
+
+/// Environment variable naming a program the loader makes invalid on
+/// purpose (its `TEST_REJECT` global set), so tests can see how bpfmasq
+/// reports a program the kernel rejects. Unset, the verifier removes that
+/// code before it runs.
+pub const TEST_REJECT_ENV: &str = "BPFMASQ_TEST_REJECT";
+
+fn load_object(pin_dir: &Path, ct_max: u32, kernel: &Kernel) -> Result<Ebpf> {
     if EBPF_OBJECT.is_empty() {
         bail!(
             "this bpfmasq was built without its eBPF object (bpf-linker was missing); run `cargo xtask build`"
         );
     }
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(instance.dir())
-        .map_max_entries(maps::CONNTRACK, resolved.ct_max.saturating_mul(2))
+    let features = kernel.program_features();
+    let test_reject = u32::from(std::env::var_os(TEST_REJECT_ENV).is_some());
+    EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .map_max_entries(maps::CONNTRACK, ct_max.saturating_mul(2))
+        .override_global(KERNEL_FEATURES, &features, true)
+        .override_global(TEST_REJECT, &test_reject, true)
         .load(EBPF_OBJECT)
-        .map_err(|e| anyhow!("loading the eBPF object failed (does this kernel have BPF?): {e}"))?;
-    for name in PROGRAMS {
-        classifier(&mut ebpf, name)?
-            .load()
-            .with_context(|| format!("the kernel rejected program `{name}`"))?;
-    }
-    Ok(ebpf)
+        .map_err(|e| anyhow!("loading the eBPF object failed (does this kernel have BPF?): {e}"))
+}
+
+/// Loads one program; a verifier rejection becomes a one-line error.
+fn load_program(ebpf: &mut Ebpf, name: &str, kernel: &Kernel) -> Result<Budget> {
+    let program = classifier(ebpf, name)?;
+    let started = Instant::now();
+    program
+        .load()
+        .map_err(|e| Rejection::from_load_error(name, &kernel.release, e))?;
+    let load_time = started.elapsed();
+    let instructions_processed = program
+        .info()
+        .ok()
+        .and_then(|info| info.verified_instruction_count());
+    Ok(Budget {
+        program: name.to_owned(),
+        instructions_processed,
+        load_time,
+    })
 }
 
 /// The object's TC programs: uplink egress, uplink ingress, bridge ingress.

@@ -7,10 +7,13 @@ pub mod bpffs;
 pub mod flows;
 pub mod gc;
 pub mod instance;
+pub mod kernel;
 pub mod loader;
 pub mod options;
 pub mod pinned;
+pub mod sys;
 pub mod tc;
+pub mod verifier;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::Ebpf;
@@ -22,7 +25,7 @@ use self::{
     tc::{AttachRecord, Interfaces},
 };
 use crate::{
-    cli::{AttachArgs, LinkType},
+    cli::{AttachArgs, LinkType, Switch},
     netlink::Netlink,
     privileges::require_root,
 };
@@ -65,10 +68,19 @@ pub async fn attach(netns: Option<&str>, args: &AttachArgs) -> Result<()> {
         resolved.pod_cidr,
         resolved.nat_addr,
         resolved.ports,
-        if config.fast_path() { "on" } else { "off" },
+        fast_path_state(args.fast_path, &resolved),
         instance.dir().display()
     );
     Ok(())
+}
+
+/// `on`, `off`, or why it is off although asked for.
+pub fn fast_path_state(asked: Switch, resolved: &Resolved) -> String {
+    match (asked, resolved.kernel.fast_path_unavailable()) {
+        (Switch::Off, _) => "off".to_owned(),
+        (Switch::On, None) => "on".to_owned(),
+        (Switch::On, Some(reason)) => format!("off ({reason})"),
+    }
 }
 
 /// Loads, configures, attaches and pins a new datapath in `instance`'s
@@ -93,7 +105,15 @@ pub async fn attach_fresh(
     let mut config = resolved.nat_config();
     loader::configure(&mut ebpf, &config, resolved)?;
     let ifaces = Interfaces::resolved(resolved);
-    let record = tc::attach(&mut ebpf, netlink, instance, &ifaces, link_type).await?;
+    let record = tc::attach(
+        &mut ebpf,
+        netlink,
+        instance,
+        &ifaces,
+        link_type,
+        &resolved.kernel,
+    )
+    .await?;
     record.store_in(&mut config);
     if let Err(e) = loader::write_config(&mut ebpf, &config) {
         let _ = tc::detach(netlink, instance, &ifaces, &record).await;

@@ -10,6 +10,7 @@ use dataplane_common::{
 };
 use ipnet::Ipv4Net;
 
+use super::kernel::Kernel;
 use crate::{
     cli::{AttachArgs, Switch},
     netlink::Netlink,
@@ -111,7 +112,10 @@ pub struct Resolved {
     pub ports: PortRange,
     pub ct_max: u32,
     pub timeouts: Timeouts,
+    /// `--fast-path on`, and the kernel can run it.
     pub fast_path: bool,
+    /// What the running kernel offers.
+    pub kernel: Kernel,
 }
 
 /// Multicast and limited broadcast: never masqueraded (the CNI chain's
@@ -126,7 +130,10 @@ pub fn builtin_no_masq() -> [Ipv4Net; 2] {
 impl Resolved {
     /// Looks the interfaces up and fills in the defaults: the pod CIDR from
     /// the bridge's address, the NAT address from the uplink's primary one.
+    /// Probes the kernel too, refusing one that lacks what bpfmasq needs.
     pub async fn resolve(netlink: &Netlink, args: &AttachArgs) -> Result<Self> {
+        let kernel = Kernel::probe();
+        kernel.check_required()?;
         if args.bridge == args.uplink {
             bail!(
                 "--bridge and --uplink are the same interface `{}`",
@@ -189,7 +196,8 @@ impl Resolved {
             }),
             ct_max: args.ct_max,
             timeouts: timeouts(&args.timeouts),
-            fast_path: args.fast_path == Switch::On,
+            fast_path: args.fast_path == Switch::On && kernel.fast_path_unavailable().is_none(),
+            kernel,
         })
     }
 

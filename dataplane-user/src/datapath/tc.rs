@@ -36,6 +36,7 @@ use super::{
         Instance, PIN_BRIDGE_INGRESS, PIN_EGRESS, PIN_INGRESS, PIN_PROG_BRIDGE_INGRESS,
         PIN_PROG_EGRESS, PIN_PROG_INGRESS,
     },
+    kernel::Kernel,
     loader::classifier,
     options::Resolved,
 };
@@ -185,25 +186,24 @@ impl AttachRecord {
     }
 }
 
-/// Attaches the three programs; on error nothing stays attached.
+/// Attaches the three programs (`--link-type auto`: with tcx links where the
+/// kernel has them, else clsact); on error nothing stays attached.
 pub async fn attach(
     ebpf: &mut Ebpf,
     netlink: &Netlink,
     instance: &Instance,
     ifaces: &Interfaces,
     link_type: LinkType,
+    kernel: &Kernel,
 ) -> Result<AttachRecord> {
     match link_type {
+        LinkType::Tcx if !kernel.has_tcx() => Err(anyhow!(
+            "this kernel ({}) has no tcx links (Linux 6.6 or later); use --link-type clsact or auto",
+            kernel.release
+        )),
         LinkType::Tcx => attach_tcx(ebpf, instance, ifaces),
-        LinkType::Clsact => attach_clsact(ebpf, netlink, instance, ifaces).await,
-        LinkType::Auto => match attach_tcx(ebpf, instance, ifaces) {
-            Ok(record) => Ok(record),
-            Err(tcx_error) => attach_clsact(ebpf, netlink, instance, ifaces)
-                .await
-                .with_context(|| {
-                    format!("tcx attach failed ({tcx_error:#}), and so did the clsact fallback")
-                }),
-        },
+        LinkType::Auto if kernel.has_tcx() => attach_tcx(ebpf, instance, ifaces),
+        LinkType::Clsact | LinkType::Auto => attach_clsact(ebpf, netlink, instance, ifaces).await,
     }
 }
 

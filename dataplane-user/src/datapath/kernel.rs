@@ -1,0 +1,300 @@
+//! What the running kernel offers the datapath, found by probing it (never
+//! guessed from its version number: distributions backport features, and
+//! some configure them out).
+//!
+//! Each feature either has a fallback (tcx links -> a clsact qdisc; batched
+//! map operations -> one system call per key; the fast path -> off, with the
+//! reason in `status`) or is required, and then `attach` refuses with one
+//! line naming what is missing.
+
+use std::ffi::CStr;
+
+use aya::{
+    programs::{ProgramType, SchedClassifier, TcAttachType},
+    sys::{BpfHelper, is_helper_supported, is_program_supported},
+};
+use dataplane_common::kernel::FEATURE_FAST_PATH;
+use serde::Serialize;
+
+use super::sys::bpf;
+
+/// One probed feature.
+#[derive(Clone, Debug, Serialize)]
+pub struct Feature {
+    pub name: &'static str,
+    pub available: bool,
+    /// What bpfmasq does without it.
+    pub without: Without,
+}
+
+/// What becomes of bpfmasq on a kernel that lacks a feature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Without {
+    /// Nothing works: `attach` refuses.
+    Refused,
+    /// Attached with a clsact qdisc instead of tcx links.
+    Clsact,
+    /// The fast path stays off; everything else works.
+    NoFastPath,
+    /// The garbage collector reads and deletes flows one by one.
+    KeyByKey,
+}
+
+impl Without {
+    /// What bpfmasq does without the feature, for people.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Without::Refused => "bpfmasq cannot run",
+            Without::Clsact => "clsact qdisc instead",
+            Without::NoFastPath => "fast path off",
+            Without::KeyByKey => "key by key",
+        }
+    }
+}
+
+/// The running kernel, as far as bpfmasq is concerned.
+#[derive(Clone, Debug, Serialize)]
+pub struct Kernel {
+    /// `uname -r`.
+    pub release: String,
+    pub features: Vec<Feature>,
+}
+
+/// `offsetof(struct __sk_buff, gso_size)`: fixed by the kernel's UAPI.
+const SKB_GSO_SIZE_OFFSET: i16 = 176;
+
+impl Kernel {
+    /// Probes the running kernel. Needs the privileges loading programs
+    /// needs; a probe that cannot tell counts the feature as missing.
+    pub fn probe() -> Self {
+        let helper =
+            |helper| is_helper_supported(ProgramType::SchedClassifier, helper).unwrap_or(false);
+        let tc_programs = is_program_supported(ProgramType::SchedClassifier).unwrap_or(false);
+        let features = vec![
+            Feature {
+                name: "TC BPF programs (cls_bpf)",
+                available: tc_programs,
+                without: Without::Refused,
+            },
+            Feature {
+                name: "bpf_sk_lookup_tcp/udp helpers (4.20)",
+                available: helper(BpfHelper::BPF_FUNC_sk_lookup_tcp)
+                    && helper(BpfHelper::BPF_FUNC_sk_lookup_udp),
+                without: Without::Refused,
+            },
+            Feature {
+                name: "bpf_fib_lookup helper (4.18)",
+                available: helper(BpfHelper::BPF_FUNC_fib_lookup),
+                without: Without::NoFastPath,
+            },
+            Feature {
+                name: "bpf_redirect_neigh helper (5.10)",
+                available: helper(BpfHelper::BPF_FUNC_redirect_neigh),
+                without: Without::NoFastPath,
+            },
+            Feature {
+                name: "__sk_buff.gso_size (5.7)",
+                available: tc_programs && reads_skb_field(SKB_GSO_SIZE_OFFSET),
+                without: Without::NoFastPath,
+            },
+            Feature {
+                name: "tcx links (6.6)",
+                available: has_tcx(),
+                without: Without::Clsact,
+            },
+            Feature {
+                name: "batched map operations (5.6)",
+                available: has_batch_ops(),
+                without: Without::KeyByKey,
+            },
+        ];
+        Self {
+            release: release(),
+            features,
+        }
+    }
+
+    fn lacks(&self, without: Without) -> impl Iterator<Item = &Feature> {
+        self.features
+            .iter()
+            .filter(move |f| !f.available && f.without == without)
+    }
+
+    /// An error naming what the kernel lacks that bpfmasq cannot do without.
+    pub fn check_required(&self) -> anyhow::Result<()> {
+        let missing: Vec<&str> = self.lacks(Without::Refused).map(|f| f.name).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "this kernel ({}) lacks {}, which bpfmasq needs (Linux 5.10 or later has everything)",
+            self.release,
+            missing.join(" and ")
+        )
+    }
+
+    pub fn has_tcx(&self) -> bool {
+        self.lacks(Without::Clsact).next().is_none()
+    }
+
+    /// Why the fast path cannot run here, or `None` when it can.
+    pub fn fast_path_unavailable(&self) -> Option<String> {
+        let missing: Vec<&str> = self.lacks(Without::NoFastPath).map(|f| f.name).collect();
+        (!missing.is_empty()).then(|| format!("this kernel lacks {}", missing.join(" and ")))
+    }
+
+    /// The bits the programs' `KERNEL_FEATURES` global gets.
+    pub fn program_features(&self) -> u32 {
+        if self.fast_path_unavailable().is_none() {
+            FEATURE_FAST_PATH
+        } else {
+            0
+        }
+    }
+
+    /// The attach mode `--link-type auto` gets here.
+    pub fn attach_mode(&self) -> &'static str {
+        if self.has_tcx() { "tcx" } else { "clsact" }
+    }
+}
+
+/// The running kernel's release, as `uname -r` prints it.
+pub fn release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// tcx: asking for the programs on loopback's tcx ingress hook fails on a
+/// kernel without tcx (EINVAL for the unknown attach type). Every network
+/// namespace has a loopback; nothing is changed.
+fn has_tcx() -> bool {
+    SchedClassifier::query_tcx("lo", TcAttachType::Ingress).is_ok()
+}
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+
+/// The `union bpf_attr` prefix of BPF_MAP_CREATE.
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+}
+
+/// The `union bpf_attr` prefix of BPF_MAP_LOOKUP_BATCH.
+#[repr(C)]
+#[derive(Default)]
+struct LookupBatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Batched lookups on an empty throwaway hash map: ENOENT (nothing to
+/// return) where the kernel has them, EINVAL where it does not.
+fn has_batch_ops() -> bool {
+    let mut create = MapCreateAttr {
+        map_type: BPF_MAP_TYPE_HASH,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+    };
+    let Ok(fd) = bpf(BPF_MAP_CREATE, &mut create) else {
+        return false;
+    };
+    let (mut keys, mut values, mut token) = ([0u32; 1], [0u32; 1], 0u64);
+    let mut lookup = LookupBatchAttr {
+        out_batch: &raw mut token as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: 1,
+        map_fd: fd as u32,
+        ..Default::default()
+    };
+    let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut lookup);
+    // SAFETY: `fd` was just created by BPF_MAP_CREATE and is closed once.
+    unsafe { libc::close(fd as i32) };
+    matches!(result, Err(e) if e.raw_os_error() == Some(libc::ENOENT))
+}
+
+/// One eBPF instruction, as `struct bpf_insn` lays it out.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Insn {
+    code: u8,
+    /// dst_reg in the low nibble, src_reg in the high one.
+    regs: u8,
+    off: i16,
+    imm: i32,
+}
+
+/// The `union bpf_attr` prefix of BPF_PROG_LOAD.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+}
+
+/// Whether a TC program may read the `__sk_buff` field at `offset`: loads
+/// `r0 = *(u32 *)(r1 + offset); r0 = 0; exit`, which the verifier rejects
+/// for a field this kernel does not know.
+fn reads_skb_field(offset: i16) -> bool {
+    const LDX_W: u8 = 0x61; // BPF_LDX | BPF_MEM | BPF_W
+    const MOV64_IMM: u8 = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K
+    const EXIT: u8 = 0x95; // BPF_JMP | BPF_EXIT
+    let insns = [
+        Insn {
+            code: LDX_W,
+            regs: 1 << 4, // dst r0, src r1 (the context)
+            off: offset,
+            imm: 0,
+        },
+        Insn {
+            code: MOV64_IMM,
+            regs: 0,
+            off: 0,
+            imm: 0,
+        },
+        Insn {
+            code: EXIT,
+            regs: 0,
+            off: 0,
+            imm: 0,
+        },
+    ];
+    let license: &CStr = c"GPL";
+    let mut attr = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_SCHED_CLS,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        ..Default::default()
+    };
+    bpf(BPF_PROG_LOAD, &mut attr)
+        .map(|fd| {
+            // SAFETY: a program fd just returned by BPF_PROG_LOAD, closed once.
+            unsafe { libc::close(fd as i32) };
+        })
+        .is_ok()
+}
