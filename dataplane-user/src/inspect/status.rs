@@ -4,14 +4,21 @@
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
-use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{
+    ProgramInfo,
+    links::{FdLink, PinnedLink},
+};
 use dataplane_common::config::AttachMode;
 use serde::Serialize;
 
 use crate::{
     cli::InstanceArgs,
     datapath::{
-        instance::{Instance, PIN_BRIDGE_INGRESS, PIN_EGRESS, PIN_INGRESS, netns_label},
+        instance::{
+            Instance, PIN_BRIDGE_INGRESS, PIN_EGRESS, PIN_INGRESS, PIN_PROG_BRIDGE_INGRESS,
+            PIN_PROG_EGRESS, PIN_PROG_INGRESS, netns_label,
+        },
+        kernel::Kernel,
         pinned,
     },
 };
@@ -19,7 +26,6 @@ use crate::{
 #[derive(Debug, Serialize)]
 struct Hook {
     hook: &'static str,
-    /// Program id (tcx only: clsact filters are not pinned links).
     program_id: Option<u32>,
 }
 
@@ -33,6 +39,11 @@ struct Status {
     hooks: Vec<Hook>,
     /// `--fast-path`: pod traffic forwarded between bridge and uplink in eBPF.
     fast_path: bool,
+    /// The running kernel.
+    kernel: String,
+    /// What the kernel lacks and what bpfmasq does without it (e.g. clsact
+    /// instead of tcx, the fast path off).
+    features_off: Vec<String>,
     pod_cidr: String,
     nat_address: Ipv4Addr,
     port_range: String,
@@ -48,9 +59,23 @@ fn addr(raw: u32) -> Ipv4Addr {
     Ipv4Addr::from(raw.to_ne_bytes())
 }
 
-fn program_id(instance: &Instance, pin: &str) -> Option<u32> {
-    let link: FdLink = PinnedLink::from_pin(instance.pin(pin)).ok()?.into();
-    link.info().ok().map(|info| info.program_id())
+/// The program a hook runs: read from its pinned tcx link, or (clsact) from
+/// the program pinned beside the filter.
+fn program_id(
+    instance: &Instance,
+    mode: AttachMode,
+    (link_pin, program_pin): (&str, &str),
+) -> Option<u32> {
+    match mode {
+        AttachMode::Tcx => {
+            let link: FdLink = PinnedLink::from_pin(instance.pin(link_pin)).ok()?.into();
+            link.info().ok().map(|info| info.program_id())
+        }
+        AttachMode::Clsact => ProgramInfo::from_pin(instance.pin(program_pin))
+            .ok()
+            .map(|info| info.id()),
+        AttachMode::None => None,
+    }
 }
 
 pub fn status(netns: Option<&str>, args: &InstanceArgs) -> Result<()> {
@@ -60,18 +85,20 @@ pub fn status(netns: Option<&str>, args: &InstanceArgs) -> Result<()> {
     let snapshot = crate::datapath::flows::snapshot(&table)?;
     let mode = config.attach_mode();
     let hooks = [
-        ("egress", PIN_EGRESS),
-        ("ingress", PIN_INGRESS),
-        ("bridge ingress", PIN_BRIDGE_INGRESS),
+        ("egress", (PIN_EGRESS, PIN_PROG_EGRESS)),
+        ("ingress", (PIN_INGRESS, PIN_PROG_INGRESS)),
+        (
+            "bridge ingress",
+            (PIN_BRIDGE_INGRESS, PIN_PROG_BRIDGE_INGRESS),
+        ),
     ]
     .into_iter()
-    .map(|(hook, pin)| Hook {
+    .map(|(hook, pins)| Hook {
         hook,
-        program_id: (mode == AttachMode::Tcx)
-            .then(|| program_id(&instance, pin))
-            .flatten(),
+        program_id: program_id(&instance, mode, pins),
     })
     .collect();
+    let kernel = Kernel::probe();
     let prefix = u32::from_be(config.pod_mask).count_ones();
     let status = Status {
         netns: instance.netns.clone(),
@@ -85,6 +112,13 @@ pub fn status(netns: Option<&str>, args: &InstanceArgs) -> Result<()> {
         },
         hooks,
         fast_path: config.fast_path(),
+        features_off: kernel
+            .features
+            .iter()
+            .filter(|f| !f.available)
+            .map(|f| format!("{}: {}", f.name, f.without.describe()))
+            .collect(),
+        kernel: kernel.release,
         pod_cidr: format!("{}/{prefix}", addr(config.pod_net)),
         nat_address: addr(config.nat_addr),
         port_range: format!("{}-{}", config.port_min, config.port_max),
@@ -109,6 +143,10 @@ pub fn status(netns: Option<&str>, args: &InstanceArgs) -> Result<()> {
         status.uplink, status.netns, status.pin_dir
     );
     println!("link type    {}", status.link_type);
+    println!("kernel       {}", status.kernel);
+    for off in &status.features_off {
+        println!("  lacks {off}");
+    }
     for hook in &status.hooks {
         let id = hook
             .program_id
