@@ -1,7 +1,9 @@
-//! What bpfmasq says about the kernel it runs on: `probe` loads every
-//! program for real and reports its verifier budget, and a program the
-//! kernel rejects is one line of error (the full verifier log kept in a
-//! file), with nothing left half-attached.
+//! What bpfmasq says about, and does on, the kernel it runs on: `probe`
+//! loads every program for real and reports its verifier budget; a program
+//! the kernel rejects is one line of error (the full verifier log kept in a
+//! file), with nothing left half-attached; a kernel without tcx or the fast
+//! path's helpers gets clsact and no fast path, and says so. (The lab's
+//! guard removes the datapath with the lab.)
 //!
 //! The rejected program is made on purpose: with `BPFMASQ_TEST_REJECT` set,
 //! the loader turns on a branch of `uplink_egress` that uses a number as a
@@ -11,7 +13,7 @@ use std::{path::Path, process::Command};
 
 use bpfmasq_e2e::{
     Lab, bin,
-    datapath::attach_args,
+    datapath::{attach_args, counter, host_json},
     icmp::ping,
     lab::files_under,
     process::{self, describe},
@@ -23,6 +25,8 @@ use serde_json::Value;
 
 /// The loader's switch for the deliberately invalid program.
 const TEST_REJECT_ENV: &str = "BPFMASQ_TEST_REJECT";
+/// Features the probe is told to treat as missing.
+const PRETEND_LACKS_ENV: &str = "BPFMASQ_TEST_KERNEL_LACKS";
 const LOG_FILE: &str = "/run/bpfmasq/verifier-uplink_egress.log";
 
 /// `bpfmasq ARGS` with the deliberately invalid `uplink_egress`.
@@ -114,6 +118,57 @@ fn probe_loads_every_program_and_reports_its_verifier_budget() {
         .collect();
     assert!(leftovers.is_empty(), "probe left {leftovers:?}");
     assert!(Path::new("/sys/fs/bpf").is_dir());
+}
+
+/// On a kernel without tcx links and without `bpf_redirect_neigh` (pretended
+/// here: the probe is told they are missing), attach uses a clsact qdisc and
+/// leaves the fast path off saying why, `status` shows both, and pods'
+/// traffic is masqueraded all the same, by the host's forwarding.
+#[test]
+fn without_tcx_and_fast_path_helpers_it_attaches_with_clsact_and_no_fast_path() {
+    let lab = Lab::up("lacks", 1);
+    let lacking = |args: &[String]| {
+        process::run(
+            Command::new(bin())
+                .env(PRETEND_LACKS_ENV, "tcx,bpf_redirect_neigh")
+                .args(args),
+            COMMAND_TIMEOUT,
+        )
+    };
+    let args = attach_args(&lab, &["--fast-path", "on"]);
+    let out = lacking(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && stdout.contains("(Clsact)")
+            && stdout.contains("fast path off (this kernel lacks bpf_redirect_neigh"),
+        "attach should choose clsact and say why the fast path is off: {}",
+        describe(&out)
+    );
+
+    let status_args: Vec<String> = ["--netns", &lab.host_ns(), "status", "--json"]
+        .map(String::from)
+        .to_vec();
+    let out = lacking(&status_args);
+    let status: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("status --json ({e}): {}", describe(&out)));
+    assert_eq!(status["link_type"], "clsact", "{status:#}");
+    assert_eq!(status["fast_path"], false, "{status:#}");
+    let off = status["features_off"].to_string();
+    assert!(
+        off.contains("tcx links") && off.contains("bpf_redirect_neigh"),
+        "status should list what the kernel lacks: {status:#}"
+    );
+
+    let ping = ping(&lab, "c1", OUTSIDE_ADDR, 2, 5);
+    assert!(
+        ping.status.success(),
+        "c1 could not reach {OUT}: {}",
+        describe(&ping)
+    );
+    let stats = host_json(&lab, &["stats", "--json"]);
+    assert!(counter(&stats, "translated_out").unwrap_or(0) >= 2, "{stats:#}");
+    assert_eq!(counter(&stats, "fast_path_out"), Some(0), "{stats:#}");
 }
 
 /// The running kernel's release (`uname -r`).

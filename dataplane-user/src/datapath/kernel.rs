@@ -61,6 +61,11 @@ pub struct Kernel {
     pub features: Vec<Feature>,
 }
 
+/// Environment variable listing features to treat as missing (name
+/// prefixes, comma-separated, e.g. `tcx,bpf_redirect_neigh`): how the tests
+/// try the fallbacks on a kernel that has everything.
+pub const PRETEND_LACKS_ENV: &str = "BPFMASQ_TEST_KERNEL_LACKS";
+
 /// `offsetof(struct __sk_buff, gso_size)`: fixed by the kernel's UAPI.
 const SKB_GSO_SIZE_OFFSET: i16 = 176;
 
@@ -109,9 +114,25 @@ impl Kernel {
                 without: Without::KeyByKey,
             },
         ];
-        Self {
+        let mut kernel = Self {
             release: release(),
             features,
+        };
+        if let Some(lacks) = std::env::var_os(PRETEND_LACKS_ENV) {
+            kernel.pretend_lacks(&lacks.to_string_lossy());
+        }
+        kernel
+    }
+
+    /// Marks the features whose names start with one of the comma-separated
+    /// `prefixes` as missing (see [`PRETEND_LACKS_ENV`]).
+    fn pretend_lacks(&mut self, prefixes: &str) {
+        for prefix in prefixes.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            for feature in &mut self.features {
+                if feature.name.starts_with(prefix) {
+                    feature.available = false;
+                }
+            }
         }
     }
 
@@ -297,4 +318,62 @@ fn reads_skb_field(offset: i16) -> bool {
             unsafe { libc::close(fd as i32) };
         })
         .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn everything() -> Kernel {
+        let feature = |name, without| Feature {
+            name,
+            available: true,
+            without,
+        };
+        Kernel {
+            release: "6.1.0-57-amd64".into(),
+            features: vec![
+                feature("TC BPF programs (cls_bpf)", Without::Refused),
+                feature("bpf_redirect_neigh helper (5.10)", Without::NoFastPath),
+                feature("__sk_buff.gso_size (5.7)", Without::NoFastPath),
+                feature("tcx links (6.6)", Without::Clsact),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_kernel_with_everything_gets_tcx_and_the_fast_path() {
+        let kernel = everything();
+        assert!(kernel.check_required().is_ok());
+        assert_eq!(kernel.attach_mode(), "tcx");
+        assert_eq!(kernel.fast_path_unavailable(), None);
+        assert_eq!(kernel.program_features(), FEATURE_FAST_PATH);
+    }
+
+    #[test]
+    fn missing_fast_path_features_turn_only_the_fast_path_off() {
+        let mut kernel = everything();
+        kernel.pretend_lacks("bpf_redirect_neigh, __sk_buff");
+        assert!(kernel.check_required().is_ok());
+        assert_eq!(
+            kernel.fast_path_unavailable().as_deref(),
+            Some("this kernel lacks bpf_redirect_neigh helper (5.10) and __sk_buff.gso_size (5.7)")
+        );
+        assert_eq!(kernel.program_features(), 0);
+        assert_eq!(kernel.attach_mode(), "tcx");
+    }
+
+    #[test]
+    fn without_tcx_it_is_clsact_and_without_tc_programs_it_is_refused() {
+        let mut kernel = everything();
+        kernel.pretend_lacks("tcx");
+        assert_eq!(kernel.attach_mode(), "clsact");
+        kernel.pretend_lacks("TC BPF");
+        let error = kernel.check_required().unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "this kernel (6.1.0-57-amd64) lacks TC BPF programs (cls_bpf), which bpfmasq needs \
+             (Linux 5.10 or later has everything)"
+        );
+    }
 }
