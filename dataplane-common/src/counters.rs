@@ -45,8 +45,8 @@ counters! {
     DropMalformed = "drop_malformed",
     /// Dropped: the datapath has no configuration (never attached properly).
     DropNoConfig = "drop_no_config",
-    /// Dropped: rewriting the packet failed (helper error).
-    DropRewrite = "drop_rewrite",
+    /// Dropped in uplink_egress: rewriting the packet failed (helper error).
+    DropRewriteEgress = "drop_rewrite_egress",
     /// ICMP error quoting a masqueraded packet, translated back to its pod.
     TranslatedIcmpError = "translated_icmp_error",
     /// Ingress packet with a truncated or malformed header: left to the host
@@ -103,6 +103,15 @@ counters! {
     /// (16 held for its datagram, larger than 1500 bytes, tables full):
     /// left to the host, as without bpfmasq.
     PassedFragmentNotHeld = "passed_fragment_not_held",
+    /// Dropped in uplink_ingress: rewriting the packet failed (helper error).
+    DropRewriteIngress = "drop_rewrite_ingress",
+    /// Dropped in bridge_ingress: rewriting the packet for the fast path
+    /// failed (helper error).
+    DropRewriteBridge = "drop_rewrite_bridge",
+    /// A fragment the datapath translated and sent back into the uplink's
+    /// ingress as a clone (a first fragment and the ones held for it), let
+    /// through once, untouched.
+    ReenteredFragment = "reentered_fragment",
 }
 
 impl Counter {

@@ -22,15 +22,6 @@ pub enum FlowError {
     TableFull,
 }
 
-impl FlowError {
-    pub fn counter(&self) -> Counter {
-        match self {
-            FlowError::NoPort => Counter::DropNoPort,
-            FlowError::TableFull => Counter::DropTableFull,
-        }
-    }
-}
-
 /// The original-direction entry of the flow `key` (a pod's outgoing packet),
 /// created on first sight. A flow still bound to a previous NAT address (the
 /// uplink's address changed) is replaced, as MASQUERADE forgets such flows.

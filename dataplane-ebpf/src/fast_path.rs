@@ -20,8 +20,7 @@ use core::mem::{size_of, zeroed};
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
-        BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup as FibLookup,
-        bpf_redir_neigh as RedirNeigh,
+        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibLookup, bpf_redir_neigh as RedirNeigh,
     },
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
@@ -34,21 +33,18 @@ use dataplane_common::{
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
-    counters::count,
     kernel,
     maps::CONFIG,
     nat::is_excluded,
+    offsets::{IPV4_CHECK, IPV4_TTL, TCP_DATA_OFFSET, TCP_DEST, TCP_SOURCE, UDP_LEN},
     packet::{ICMP_ECHO_REQUEST, Ipv4, parse_ipv4},
+    rewrite::RewriteError,
+    verdict::{Outcome, Verdict},
 };
 
 const AF_INET: u8 = 2;
 /// `skb->pkt_type` of a frame addressed to this host's MAC.
 const PACKET_HOST: u32 = 0;
-const IPV4_TTL_OFF: usize = 8;
-const IPV4_CHECK_OFF: usize = 10;
-const UDP_HEADER_LEN: u16 = 8;
-/// Offset of the data-offset byte in a TCP header.
-const TCP_DOFF_OFF: usize = 12;
 
 /// The configuration, if the fast path is on (and the kernel can run it:
 /// otherwise the verifier never sees the helpers below).
@@ -62,71 +58,68 @@ fn enabled() -> Option<&'static NatConfig> {
 
 /// Leaves the packet to the host stack, untouched, counting why.
 #[inline(always)]
-fn fallback(reason: Counter) -> i32 {
-    count(reason);
-    TC_ACT_OK
+fn fallback(reason: Counter) -> Outcome {
+    Ok(Verdict::Pass(reason))
 }
 
 /// Bridge ingress: a pod's packet to the outside, forwarded straight to the
 /// uplink (whose egress program masquerades it).
 #[inline(always)]
-pub fn forward_out(ctx: &TcContext) -> i32 {
+pub fn forward_out(ctx: &TcContext) -> Outcome {
     let Some(cfg) = enabled() else {
-        return TC_ACT_OK;
+        return Ok(Verdict::Ignored);
     };
     // Not IPv4, or unreadable: the host stack decides, as without us.
     let Ok(ip) = parse_ipv4(ctx) else {
-        return TC_ACT_OK;
+        return Ok(Verdict::Ignored);
     };
     // SAFETY: the context's own sk_buff.
     let pkt_type = unsafe { (*ctx.skb.skb).pkt_type };
     // Not a pod's packet routed through the host (another host's frame
     // passed up by a promiscuous bridge, a spoofed source): not ours.
     if pkt_type != PACKET_HOST || !cfg.is_pod_addr(ip.src) {
-        return TC_ACT_OK;
+        return Ok(Verdict::Ignored);
     }
     if is_excluded(ip.dst) {
         return fallback(Counter::FallbackExcluded);
     }
-    match forward(ctx, &ip, cfg.uplink_ifindex, Direction::Out) {
-        Ok(action) => {
-            count(Counter::FastPathOut);
-            action
-        }
-        Err(reason) => fallback(reason),
-    }
+    forward(ctx, &ip, cfg.uplink_ifindex, Crossing::Out)
 }
 
 /// Uplink ingress, after the NAT translated a reply back to its pod:
 /// delivered straight to the bridge.
 #[inline(always)]
-pub fn deliver_in(ctx: &TcContext) -> i32 {
+pub fn deliver_in(ctx: &TcContext) -> Outcome {
     let Some(cfg) = enabled() else {
-        return TC_ACT_OK;
+        return Ok(Verdict::Ignored);
     };
     let Ok(ip) = parse_ipv4(ctx) else {
-        return TC_ACT_OK;
+        return Ok(Verdict::Ignored);
     };
-    match forward(ctx, &ip, cfg.bridge_ifindex, Direction::In) {
-        Ok(action) => {
-            count(Counter::FastPathIn);
-            action
-        }
-        Err(reason) => fallback(reason),
-    }
+    forward(ctx, &ip, cfg.bridge_ifindex, Crossing::In)
 }
 
 /// Which way a packet crosses the host.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Direction {
+enum Crossing {
     /// Pod to outside: only what the NAT masquerades qualifies.
     Out,
     /// A reply the NAT already translated, back to its pod.
     In,
 }
 
+impl Crossing {
+    /// What a packet forwarded this way counts as.
+    fn forwarded(self) -> Counter {
+        match self {
+            Crossing::Out => Counter::FastPathOut,
+            Crossing::In => Counter::FastPathIn,
+        }
+    }
+}
+
 /// What the route lookup needs from the transport header.
-struct Transport {
+struct RouteKeys {
     src_port: u16,
     dst_port: u16,
     /// TCP or UDP header length: with GSO, a segment's size is this plus
@@ -137,23 +130,22 @@ struct Transport {
 /// Routes the packet and redirects it to `out_ifindex`, or says why the
 /// host stack must forward it instead (nothing in the packet changed then).
 #[inline(always)]
-fn forward(
-    ctx: &TcContext,
-    ip: &Ipv4,
-    out_ifindex: u32,
-    direction: Direction,
-) -> Result<i32, Counter> {
-    let (ihl, tos, ttl) = header_fields(ctx, ip).ok_or(Counter::FallbackUnsupported)?;
+fn forward(ctx: &TcContext, ip: &Ipv4, out_ifindex: u32, crossing: Crossing) -> Outcome {
+    let Some((ihl, tos, ttl)) = header_fields(ctx, ip) else {
+        return fallback(Counter::FallbackUnsupported);
+    };
     if ihl != 5 {
-        return Err(Counter::FallbackIpOptions);
+        return fallback(Counter::FallbackIpOptions);
     }
     if ip.is_fragment {
-        return Err(Counter::FallbackFragment);
+        return fallback(Counter::FallbackFragment);
     }
     if ttl <= 1 {
-        return Err(Counter::FallbackTtl);
+        return fallback(Counter::FallbackTtl);
     }
-    let l4 = transport(ctx, ip, direction).ok_or(Counter::FallbackUnsupported)?;
+    let Some(l4) = route_keys(ctx, ip, crossing) else {
+        return fallback(Counter::FallbackUnsupported);
+    };
 
     // SAFETY: the context's own sk_buff.
     let (gso_size, in_ifindex) = unsafe { ((*ctx.skb.skb).gso_size, (*ctx.skb.skb).ifindex) };
@@ -189,31 +181,27 @@ fn forward(
         Ok(BPF_FIB_LKUP_RET_SUCCESS) => true,
         // The kernel resolves the neighbour itself (bpf_redirect_neigh).
         Ok(BPF_FIB_LKUP_RET_NO_NEIGH) => false,
-        Ok(BPF_FIB_LKUP_RET_FRAG_NEEDED) => return Err(Counter::FallbackFragNeeded),
-        Ok(BPF_FIB_LKUP_RET_NOT_FWDED) => return Err(Counter::FallbackLocal),
-        _ => return Err(Counter::FallbackNoRoute),
+        Ok(BPF_FIB_LKUP_RET_FRAG_NEEDED) => return fallback(Counter::FallbackFragNeeded),
+        Ok(BPF_FIB_LKUP_RET_NOT_FWDED) => return fallback(Counter::FallbackLocal),
+        _ => return fallback(Counter::FallbackNoRoute),
     };
     if fib.ifindex != out_ifindex {
-        return Err(Counter::FallbackOtherInterface);
+        return fallback(Counter::FallbackOtherInterface);
     }
 
     // From here on the packet is ours to deliver: a helper failing leaves
-    // it half-rewritten, so it is dropped, never handed to the stack.
-    if decrement_ttl(ctx, ip, ttl).is_err() {
-        count(Counter::DropRewrite);
-        return Ok(TC_ACT_SHOT);
-    }
+    // it half-rewritten, so it is dropped (`?`), never handed to the stack.
+    decrement_ttl(ctx, ip, ttl)?;
+    let forwarded = crossing.forwarded();
     if resolved {
         // Destination then source MAC, as the neighbour entry says.
         let mut macs = [0u8; 12];
         macs[..6].copy_from_slice(&fib.dmac);
         macs[6..].copy_from_slice(&fib.smac);
-        if ctx.store(0, &macs, 0).is_err() {
-            count(Counter::DropRewrite);
-            return Ok(TC_ACT_SHOT);
-        }
+        ctx.store(0, &macs, 0).map_err(|_| RewriteError)?;
         // SAFETY: plain helper call.
-        return Ok(unsafe { bpf_redirect(out_ifindex, 0) } as i32);
+        let action = unsafe { bpf_redirect(out_ifindex, 0) } as i32;
+        return Ok(Verdict::Redirected(action, forwarded));
     }
     // SAFETY: plain-old-data parameter block.
     let mut next_hop: RedirNeigh = unsafe { zeroed() };
@@ -222,14 +210,15 @@ fn forward(
     // the destination itself on a directly connected route.
     next_hop.__bindgen_anon_1.ipv4_nh = unsafe { fib.__bindgen_anon_4.ipv4_dst };
     // SAFETY: helper call with a valid parameter block of the size given.
-    Ok(unsafe {
+    let action = unsafe {
         bpf_redirect_neigh(
             out_ifindex,
             &mut next_hop,
             size_of::<RedirNeigh>() as i32,
             0,
         )
-    } as i32)
+    } as i32;
+    Ok(Verdict::Redirected(action, forwarded))
 }
 
 /// The IPv4 header's length in words, TOS and TTL.
@@ -249,27 +238,27 @@ fn header_fields(ctx: &TcContext, ip: &Ipv4) -> Option<(u8, u8, u8)> {
 /// masquerades (TCP, UDP, ICMP echo requests); incoming, the NAT already
 /// translated it.
 #[inline(always)]
-fn transport(ctx: &TcContext, ip: &Ipv4, direction: Direction) -> Option<Transport> {
+fn route_keys(ctx: &TcContext, ip: &Ipv4, crossing: Crossing) -> Option<RouteKeys> {
     match ip.proto {
         IPPROTO_TCP => {
-            let head: [u8; TCP_DOFF_OFF + 1] = ctx.load(ip.l4_off).ok()?;
-            Some(Transport {
-                src_port: u16::from_ne_bytes([head[0], head[1]]),
-                dst_port: u16::from_ne_bytes([head[2], head[3]]),
-                header_len: u16::from(head[TCP_DOFF_OFF] >> 4) * 4,
+            let head: [u8; TCP_DATA_OFFSET + 1] = ctx.load(ip.l4_off).ok()?;
+            Some(RouteKeys {
+                src_port: u16::from_ne_bytes([head[TCP_SOURCE], head[TCP_SOURCE + 1]]),
+                dst_port: u16::from_ne_bytes([head[TCP_DEST], head[TCP_DEST + 1]]),
+                header_len: u16::from(head[TCP_DATA_OFFSET] >> 4) * 4,
             })
         }
         IPPROTO_UDP => {
             let ports: [u16; 2] = ctx.load(ip.l4_off).ok()?;
-            Some(Transport {
+            Some(RouteKeys {
                 src_port: ports[0],
                 dst_port: ports[1],
-                header_len: UDP_HEADER_LEN,
+                header_len: UDP_LEN as u16,
             })
         }
         IPPROTO_ICMP => {
             let icmp_type: u8 = ctx.load(ip.l4_off).ok()?;
-            (direction == Direction::In || icmp_type == ICMP_ECHO_REQUEST).then_some(Transport {
+            (crossing == Crossing::In || icmp_type == ICMP_ECHO_REQUEST).then_some(RouteKeys {
                 src_port: 0,
                 dst_port: 0,
                 header_len: 0,
@@ -282,11 +271,11 @@ fn transport(ctx: &TcContext, ip: &Ipv4, direction: Direction) -> Option<Transpo
 /// What forwarding does to every packet: TTL minus one, header checksum
 /// fixed (the TTL shares a checksummed 16-bit word with the protocol).
 #[inline(always)]
-fn decrement_ttl(ctx: &TcContext, ip: &Ipv4, ttl: u8) -> Result<(), ()> {
+fn decrement_ttl(ctx: &TcContext, ip: &Ipv4, ttl: u8) -> Result<(), RewriteError> {
     let old = u16::from_ne_bytes([ttl, ip.proto]);
     let new = u16::from_ne_bytes([ttl - 1, ip.proto]);
-    ctx.l3_csum_replace(ip.l3_off + IPV4_CHECK_OFF, old as u64, new as u64, 2)
-        .map_err(|_| ())?;
-    ctx.store(ip.l3_off + IPV4_TTL_OFF, &(ttl - 1), 0)
-        .map_err(|_| ())
+    ctx.l3_csum_replace(ip.l3_off + IPV4_CHECK, old as u64, new as u64, 2)
+        .map_err(|_| RewriteError)?;
+    ctx.store(ip.l3_off + IPV4_TTL, &(ttl - 1), 0)
+        .map_err(|_| RewriteError)
 }

@@ -11,7 +11,7 @@
 //! and short-lived (see [`dataplane_common::fragments`]).
 
 use aya_ebpf::{
-    bindings::{BPF_F_INGRESS, BPF_F_RECOMPUTE_CSUM, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{BPF_F_INGRESS, BPF_F_RECOMPUTE_CSUM, BPF_NOEXIST},
     helpers::{bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes},
     programs::TcContext,
 };
@@ -28,8 +28,10 @@ use network_types::eth::EthHdr;
 use crate::{
     counters::count,
     maps::{FRAG_DATAGRAMS, FRAG_PARKED, FRAG_SCRATCH},
+    offsets::{IPV4_CHECK, IPV4_DST, IPV4_MIN_LEN},
     packet::Ipv4,
     rewrite::{Endpoint, rewrite_address},
+    verdict::{Drop, Outcome, Verdict},
 };
 
 const ETH_LEN: u32 = EthHdr::LEN as u32;
@@ -38,17 +40,12 @@ const RECOMPUTE: u64 = BPF_F_RECOMPUTE_CSUM as u64;
 /// skb mark of the clones [`release`] sends back into the interface's
 /// ingress: already translated, to be let through once, untouched.
 const RELEASED_MARK: u32 = u32::from_be_bytes(*b"frag");
-const IPV4_CHECK_OFF: usize = 10;
-const IPV4_DST_OFF: usize = 16;
-
-/// What to do with a fragment, and the counter that says why.
-pub type Verdict = (i32, Counter);
 
 /// Claims the outgoing datagram's IP ID towards its destination for the pod
 /// sending it; a fresh claim by another pod means a collision, and the
 /// fragment is dropped rather than merged into someone else's datagram.
 #[inline(always)]
-pub fn claim_outgoing(ip: &Ipv4, nat_addr: u32, now_ns: u64) -> Result<(), Counter> {
+pub fn claim_outgoing(ip: &Ipv4, nat_addr: u32, now_ns: u64) -> Result<(), Drop> {
     let key = DatagramKey::new(nat_addr, ip.dst, ip.id, ip.proto);
     let mut flags = BPF_NOEXIST as u64;
     if let Some(entry) = FRAG_DATAGRAMS.get_ptr_mut(key) {
@@ -58,61 +55,60 @@ pub fn claim_outgoing(ip: &Ipv4, nat_addr: u32, now_ns: u64) -> Result<(), Count
             return if entry.addr == ip.src {
                 Ok(())
             } else {
-                Err(Counter::DropFragment)
+                Err(Drop(Counter::DropFragment))
             };
         }
         flags = 0; // a stale claim is taken over
     }
     FRAG_DATAGRAMS
         .insert(key, DatagramEntry::new(ip.src, now_ns), flags)
-        .map_err(|_| Counter::DropFragment)
+        .map_err(|_| Drop(Counter::DropFragment))
 }
 
 /// An outgoing fragment after the first: only its source address changes
 /// (the transport checksum lives in the first fragment).
 #[inline(always)]
-pub fn snat_later(ctx: &TcContext, ip: &Ipv4, nat_addr: u32) -> Verdict {
-    match rewrite_address(ctx, ip, Endpoint::Source, (ip.src, nat_addr)) {
-        Ok(()) => (TC_ACT_OK, Counter::TranslatedFragment),
-        Err(_) => (TC_ACT_SHOT, Counter::DropRewrite),
-    }
+pub fn snat_later(ctx: &TcContext, ip: &Ipv4, nat_addr: u32) -> Outcome {
+    rewrite_address(ctx, ip, Endpoint::Source, (ip.src, nat_addr))?;
+    Ok(Verdict::Translated(Counter::TranslatedFragment))
 }
 
 /// An incoming fragment after the first, addressed to the NAT address.
 #[inline(always)]
-pub fn unsnat_later(ctx: &TcContext, ip: &Ipv4, now_ns: u64) -> Verdict {
+pub fn unsnat_later(ctx: &TcContext, ip: &Ipv4, now_ns: u64) -> Outcome {
     let key = DatagramKey::new(ip.src, ip.dst, ip.id, ip.proto);
     let Some(entry) = fresh_or_new(&key, now_ns) else {
-        return (TC_ACT_OK, Counter::PassedFragmentNotHeld);
+        return Ok(Verdict::Pass(Counter::PassedFragmentNotHeld));
     };
     // SAFETY: map value pointer, valid for this run.
     let addr = unsafe { (*entry).addr };
     if addr == 0 {
-        return park(ctx, ip, &key, entry);
+        return Ok(park(ctx, ip, &key, entry));
     }
     if addr == ip.dst {
         // The first fragment was for the host itself.
-        return (TC_ACT_OK, Counter::PassedNoFlow);
+        return Ok(Verdict::Pass(Counter::PassedNoFlow));
     }
-    match rewrite_address(ctx, ip, Endpoint::Destination, (ip.dst, addr)) {
-        Ok(()) => (TC_ACT_OK, Counter::TranslatedFragment),
-        Err(_) => (TC_ACT_SHOT, Counter::DropRewrite),
-    }
+    rewrite_address(ctx, ip, Endpoint::Destination, (ip.dst, addr))?;
+    // Not `Translated`: a fragment never takes the fast path.
+    Ok(Verdict::Pass(Counter::TranslatedFragment))
 }
 
 /// After an incoming first fragment went through the NAT (it is passed:
-/// translated to a pod, or left to the host), records where the rest of its
-/// datagram goes and sends on the fragments that waited for it. Returns the
-/// action for the first fragment itself.
+/// translated to a pod, or left to the host, as `counter` says), records
+/// where the rest of its datagram goes and sends on the fragments that
+/// waited for it. Returns the verdict on the first fragment itself (never
+/// `Translated`: a fragment never takes the fast path).
 #[inline(always)]
-pub fn first_incoming(ctx: &TcContext, ip: &Ipv4, now_ns: u64) -> i32 {
+pub fn first_incoming(ctx: &TcContext, ip: &Ipv4, now_ns: u64, counter: Counter) -> Verdict {
+    let passed = Verdict::Pass(counter);
     // Where the NAT core sent it: a pod, or still the NAT address.
-    let Ok(addr) = ctx.load::<u32>(ip.l3_off + IPV4_DST_OFF) else {
-        return TC_ACT_OK;
+    let Ok(addr) = ctx.load::<u32>(ip.l3_off + IPV4_DST) else {
+        return passed;
     };
     let key = DatagramKey::new(ip.src, ip.dst, ip.id, ip.proto);
     let Some(entry) = fresh_or_new(&key, now_ns) else {
-        return TC_ACT_OK; // later fragments will be held, then expire
+        return passed; // later fragments will be held, then expire
     };
     // SAFETY: map value pointer, valid for this run.
     let parked = unsafe {
@@ -121,14 +117,15 @@ pub fn first_incoming(ctx: &TcContext, ip: &Ipv4, now_ns: u64) -> i32 {
         let known = (*entry).addr != 0;
         (*entry).addr = addr;
         if known {
-            return TC_ACT_OK;
+            return passed;
         }
         core::mem::replace(&mut (*entry).parked, 0)
     };
-    if parked == 0 {
-        return TC_ACT_OK;
+    if parked == 0 || !release(ctx, &key, addr, parked) {
+        return passed;
     }
-    release(ctx, &key, addr, parked)
+    // It went on as a clone, ahead of the fragments that waited for it.
+    Verdict::Taken(counter)
 }
 
 /// Whether this packet is one [`release`] sent back into this ingress: it
@@ -167,7 +164,7 @@ fn fresh_or_new(key: &DatagramKey, now_ns: u64) -> Option<*mut DatagramEntry> {
 fn park(ctx: &TcContext, ip: &Ipv4, key: &DatagramKey, entry: *mut DatagramEntry) -> Verdict {
     // Left to the host as before bpfmasq: its own datagrams still reassemble
     // there; one for a pod is lost either way.
-    const REFUSED: Verdict = (TC_ACT_OK, Counter::PassedFragmentNotHeld);
+    const REFUSED: Verdict = Verdict::Pass(Counter::PassedFragmentNotHeld);
     // SAFETY: map value pointer, valid for this run.
     let slot = unsafe { (*entry).parked };
     let len = ip.total_len as u32;
@@ -199,21 +196,22 @@ fn park(ctx: &TcContext, ip: &Ipv4, key: &DatagramKey, entry: *mut DatagramEntry
         }
         (*entry).parked = slot + 1;
     }
-    (TC_ACT_SHOT, Counter::ParkedFragment)
+    Verdict::Taken(Counter::ParkedFragment)
 }
 
 /// Sends the first fragment and then every held one of its datagram, each
 /// as a clone re-entering this interface's ingress with its destination
 /// rewritten to `addr`: the working skb takes each held fragment's bytes in
-/// turn. Everything it carried went out as a clone, so it is dropped.
+/// turn. Returns whether the first fragment went out so; then everything
+/// the working skb carried went out as clones, and it is to be consumed.
 #[inline(never)]
-fn release(ctx: &TcContext, key: &DatagramKey, addr: u32, parked: u32) -> i32 {
+fn release(ctx: &TcContext, key: &DatagramKey, addr: u32, parked: u32) -> bool {
     // SAFETY: reading the skb's own interface index.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     ctx.set_mark(RELEASED_MARK);
     if ctx.clone_redirect(ifindex, BPF_F_INGRESS as u64).is_err() {
         ctx.set_mark(0);
-        return TC_ACT_OK; // the held fragments expire
+        return false; // the held fragments expire
     }
     for slot in 0..MAX_PARKED_PER_DATAGRAM {
         if slot >= parked {
@@ -230,7 +228,7 @@ fn release(ctx: &TcContext, key: &DatagramKey, addr: u32, parked: u32) -> i32 {
             let _ = FRAG_PARKED.remove(parked_key);
         }
     }
-    TC_ACT_SHOT
+    true
 }
 
 /// Puts a held fragment, its destination rewritten from `old` to `new`, in
@@ -248,15 +246,14 @@ fn resend(
     unsafe {
         let bytes = &mut (*fragment).bytes;
         let len = (*fragment).len;
-        if len < 20 || len as usize > PARKED_MAX_LEN {
+        if (len as usize) < IPV4_MIN_LEN || len as usize > PARKED_MAX_LEN {
             return false;
         }
         if old != new {
-            let check_at = IPV4_CHECK_OFF;
-            let check = u16::from_ne_bytes([bytes[check_at], bytes[check_at + 1]]);
+            let check = u16::from_ne_bytes([bytes[IPV4_CHECK], bytes[IPV4_CHECK + 1]]);
             let check = replace32(check, old, new);
-            bytes[check_at..check_at + 2].copy_from_slice(&check.to_ne_bytes());
-            bytes[IPV4_DST_OFF..IPV4_DST_OFF + 4].copy_from_slice(&new.to_ne_bytes());
+            bytes[IPV4_CHECK..IPV4_CHECK + 2].copy_from_slice(&check.to_ne_bytes());
+            bytes[IPV4_DST..IPV4_DST + 4].copy_from_slice(&new.to_ne_bytes());
         }
         let skb = ctx.skb.skb.cast();
         bpf_skb_change_tail(skb, ETH_LEN + len, 0) == 0

@@ -15,14 +15,13 @@ mod icmp_error;
 mod kernel;
 mod maps;
 mod nat;
+mod offsets;
 mod packet;
 mod rewrite;
+mod verdict;
 
-use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    macros::classifier,
-    programs::TcContext,
-};
+use aya_ebpf::{macros::classifier, programs::TcContext};
+use verdict::{Program, Verdict, finish};
 
 /// Set by the loader only when a test asks for a program the kernel must
 /// reject (to see how that is reported); 0 otherwise, and then the verifier
@@ -40,27 +39,30 @@ pub fn uplink_egress(ctx: TcContext) -> i32 {
         // verifier refuses.
         return unsafe { core::ptr::read_volatile(test_reject as usize as *const i32) };
     }
-    nat::snat(&ctx).map_or(TC_ACT_SHOT, |verdict| verdict.action)
+    finish(Program::UplinkEgress, nat::snat(&ctx))
 }
 
 /// Reverse SNAT on the uplink's ingress: NAT address -> pod; a translated
 /// reply then takes the fast path to the bridge when it can.
 #[classifier]
 pub fn uplink_ingress(ctx: TcContext) -> i32 {
-    match nat::unsnat(&ctx) {
-        Ok(verdict) if verdict.translated && verdict.action == TC_ACT_OK => {
+    let outcome = match nat::unsnat(&ctx) {
+        Ok(Verdict::Translated(translated)) => {
+            // The translation counts; what the fast path does next is the
+            // packet's verdict (`Ignored` with the fast path off).
+            counters::count(translated);
             fast_path::deliver_in(&ctx)
         }
-        Ok(verdict) => verdict.action,
-        Err(()) => TC_ACT_SHOT,
-    }
+        other => other,
+    };
+    finish(Program::UplinkIngress, outcome)
 }
 
 /// The fast path out, on the bridge's ingress: a pod's packet to the
 /// outside goes straight to the uplink (whose egress program masquerades it).
 #[classifier]
 pub fn bridge_ingress(ctx: TcContext) -> i32 {
-    fast_path::forward_out(&ctx)
+    finish(Program::BridgeIngress, fast_path::forward_out(&ctx))
 }
 
 #[cfg(not(test))]

@@ -1,17 +1,12 @@
-//! The NAT core shared by every attach point: masquerade a pod's packet on
-//! its way out (`snat`) and translate the answer back (`unsnat`).
+//! The NAT core shared by every attach point, one pipeline per direction:
+//! parse, find or create the flow, rewrite. `snat` masquerades a pod's
+//! packet on its way out; `unsnat` translates the answer back.
 //!
-//! Safety rule: a packet from the pod network that is not translated for any
-//! reason other than an excluded destination is dropped (TC_ACT_SHOT) and
-//! counted; it never leaves with its pod source address.
+//! Safety rule: a packet from the pod network that is not translated for
+//! any reason other than an excluded destination is dropped and counted
+//! (see [`crate::verdict`]); it never leaves with its pod source address.
 
-use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::bpf_ktime_get_ns,
-    maps::lpm_trie::Key,
-    programs::TcContext,
-};
-use aya_log_ebpf::warn;
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key, programs::TcContext};
 use dataplane_common::{
     config::NatConfig,
     conntrack::seen_bits,
@@ -20,53 +15,12 @@ use dataplane_common::{
 };
 
 use crate::{
-    conntrack::{self, FlowError},
-    counters::count,
-    fragments, host_sockets,
-    icmp_error::{self, Untranslated},
+    conntrack, fragments, host_sockets, icmp_error,
     maps::{CONFIG, NO_MASQ},
     packet::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, Ipv4, ParseError, parse_ipv4, parse_transport},
     rewrite::{Endpoint, rewrite},
+    verdict::{Drop, Outcome, Verdict},
 };
-
-/// What the NAT core did with a packet: the TC action to take, and whether
-/// a conntrack flow translated it (a whole packet or a first fragment). Only
-/// a translated packet may be forwarded by the caller itself (the fast path).
-#[derive(Clone, Copy)]
-pub struct Verdict {
-    pub action: i32,
-    pub translated: bool,
-}
-
-impl Verdict {
-    const fn untranslated(action: i32) -> Self {
-        Self {
-            action,
-            translated: false,
-        }
-    }
-}
-
-/// Passes the packet, counting why.
-#[inline(always)]
-fn pass(counter: Counter) -> Result<Verdict, ()> {
-    count(counter);
-    Ok(Verdict::untranslated(TC_ACT_OK))
-}
-
-/// Carries out a verdict taken elsewhere, counting why.
-#[inline(always)]
-fn verdict((action, counter): (i32, Counter)) -> Result<Verdict, ()> {
-    count(counter);
-    Ok(Verdict::untranslated(action))
-}
-
-/// Drops the packet, counting why.
-#[inline(always)]
-fn drop(counter: Counter) -> Result<Verdict, ()> {
-    count(counter);
-    Ok(Verdict::untranslated(TC_ACT_SHOT))
-}
 
 #[inline(always)]
 fn config() -> Option<&'static NatConfig> {
@@ -81,109 +35,81 @@ pub fn is_excluded(dst: u32) -> bool {
 
 /// Masquerades a packet leaving through the uplink.
 #[inline(always)]
-pub fn snat(ctx: &TcContext) -> Result<Verdict, ()> {
+pub fn snat(ctx: &TcContext) -> Outcome {
     let ip = match parse_ipv4(ctx) {
         Ok(ip) => ip,
-        Err(ParseError::NotIpv4) => return pass(Counter::PassedNotIpv4),
+        Err(ParseError::NotIpv4) => return Ok(Verdict::Pass(Counter::PassedNotIpv4)),
         // Without a readable source we cannot rule out a pod address.
-        Err(ParseError::Malformed) => return drop(Counter::DropMalformed),
+        Err(ParseError::Malformed) => return Err(Drop(Counter::DropMalformed)),
     };
-    let Some(cfg) = config() else {
-        return drop(Counter::DropNoConfig);
-    };
+    let cfg = config().ok_or(Drop(Counter::DropNoConfig))?;
     if !cfg.is_pod_addr(ip.src) {
         if ip.src == cfg.nat_addr {
             host_sockets::claim_for_host(ctx, &ip);
         }
-        return pass(Counter::PassedNotPod);
+        return Ok(Verdict::Pass(Counter::PassedNotPod));
     }
     if is_excluded(ip.dst) {
-        return pass(Counter::PassedExcluded);
+        return Ok(Verdict::Pass(Counter::PassedExcluded));
     }
     if cfg.nat_addr == 0 {
-        return drop(Counter::DropNoConfig);
+        return Err(Drop(Counter::DropNoConfig));
     }
     if !matches!(ip.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP) {
-        return drop(Counter::DropUnsupported);
+        return Err(Drop(Counter::DropUnsupported));
     }
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     if ip.is_fragment {
-        if let Err(refused) = fragments::claim_outgoing(&ip, cfg.nat_addr, now) {
-            return drop(refused);
-        }
+        fragments::claim_outgoing(&ip, cfg.nat_addr, now)?;
         if !ip.has_transport_header {
-            return verdict(fragments::snat_later(ctx, &ip, cfg.nat_addr));
+            return fragments::snat_later(ctx, &ip, cfg.nat_addr);
         }
     }
     let l4 = match parse_transport(ctx, &ip) {
         Ok(Some(l4)) if ip.proto != IPPROTO_ICMP || l4.icmp_type == ICMP_ECHO_REQUEST => l4,
-        Ok(_) => return drop(Counter::DropUnsupported),
-        Err(_) => return drop(Counter::DropMalformed),
+        Ok(_) => return Err(Drop(Counter::DropUnsupported)),
+        Err(_) => return Err(Drop(Counter::DropMalformed)),
     };
     let key = FlowKey::new(ip.src, ip.dst, l4.src_port, l4.dst_port, ip.proto);
-    let entry = match conntrack::original_entry(ctx, &key, cfg, now) {
-        Ok(entry) => entry,
-        Err(e) => {
-            // Rare and worth an operator's attention, like nf_conntrack's
-            // "table full, dropping packet": `bpfmasq run` prints these.
-            let pod = u32::from_be(ip.src);
-            match e {
-                FlowError::TableFull => warn!(
-                    ctx,
-                    "conntrack table full, dropping a new flow from {:i}", pod
-                ),
-                FlowError::NoPort => {
-                    warn!(ctx, "no free port left, dropping a new flow from {:i}", pod)
-                }
-            }
-            return drop(e.counter());
-        }
-    };
+    let entry = conntrack::original_entry(ctx, &key, cfg, now)?;
     let seen = seen_bits(l4.tcp_flags);
     conntrack::restart_if_reused(&key, entry, seen);
     let old = (ip.src, l4.src_port);
-    apply(
-        ctx,
-        &ip,
-        Endpoint::Source,
-        old,
-        entry,
-        (now, seen),
-        Counter::TranslatedOut,
-    )
+    apply(ctx, &ip, Endpoint::Source, old, entry, (now, seen))?;
+    Ok(Verdict::Translated(Counter::TranslatedOut))
 }
 
 /// Translates a reply arriving at the NAT address back to its pod.
 #[inline(always)]
-pub fn unsnat(ctx: &TcContext) -> Result<Verdict, ()> {
+pub fn unsnat(ctx: &TcContext) -> Outcome {
     if fragments::is_released(ctx) {
-        return Ok(Verdict::untranslated(TC_ACT_OK));
+        return Ok(Verdict::Pass(Counter::ReenteredFragment));
     }
     let ip = match parse_ipv4(ctx) {
         Ok(ip) => ip,
-        Err(ParseError::NotIpv4) => return pass(Counter::PassedNotIpv4),
+        Err(ParseError::NotIpv4) => return Ok(Verdict::Pass(Counter::PassedNotIpv4)),
         // The host stack drops what it cannot parse either.
-        Err(ParseError::Malformed) => return pass(Counter::PassedMalformed),
+        Err(ParseError::Malformed) => return Ok(Verdict::Pass(Counter::PassedMalformed)),
     };
     let Some(cfg) = config() else {
-        return pass(Counter::PassedNoFlow);
+        return Ok(Verdict::Pass(Counter::PassedNoFlow));
     };
     // Pods are reached through the bridge, never through the uplink.
     if cfg.is_pod_addr(ip.src) {
-        return drop(Counter::DropSpoofedPodSource);
+        return Err(Drop(Counter::DropSpoofedPodSource));
     }
     // A pod talks to non-excluded destinations only through the NAT, so
     // such a source sending to a pod address directly was never invited.
     if cfg.is_pod_addr(ip.dst) {
         return if is_excluded(ip.src) {
-            pass(Counter::PassedExcluded)
+            Ok(Verdict::Pass(Counter::PassedExcluded))
         } else {
-            drop(Counter::DropUninvitedToPod)
+            Err(Drop(Counter::DropUninvitedToPod))
         };
     }
     if ip.dst != cfg.nat_addr {
-        return pass(Counter::PassedNoFlow);
+        return Ok(Verdict::Pass(Counter::PassedNoFlow));
     }
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -191,14 +117,14 @@ pub fn unsnat(ctx: &TcContext) -> Result<Verdict, ()> {
         return unsnat_packet(ctx, &ip, cfg, now);
     }
     if !ip.has_transport_header {
-        return verdict(fragments::unsnat_later(ctx, &ip, now));
+        return fragments::unsnat_later(ctx, &ip, now);
     }
     match unsnat_packet(ctx, &ip, cfg, now)? {
-        Verdict {
-            action: TC_ACT_OK, ..
-        } => Ok(Verdict::untranslated(fragments::first_incoming(
-            ctx, &ip, now,
-        ))),
+        // A first fragment goes on (to its pod, or to the host); the rest
+        // of its datagram follows it.
+        Verdict::Pass(counter) | Verdict::Translated(counter) => {
+            Ok(fragments::first_incoming(ctx, &ip, now, counter))
+        }
         other => Ok(other),
     }
 }
@@ -206,39 +132,27 @@ pub fn unsnat(ctx: &TcContext) -> Result<Verdict, ()> {
 /// Translates a whole packet (or a first fragment) arriving at the NAT
 /// address back to its pod, or leaves it to the host.
 #[inline(always)]
-fn unsnat_packet(ctx: &TcContext, ip: &Ipv4, cfg: &NatConfig, now: u64) -> Result<Verdict, ()> {
+fn unsnat_packet(ctx: &TcContext, ip: &Ipv4, cfg: &NatConfig, now: u64) -> Outcome {
     let l4 = match parse_transport(ctx, ip) {
         Ok(Some(l4)) if ip.proto != IPPROTO_ICMP || l4.icmp_type == ICMP_ECHO_REPLY => l4,
         Ok(Some(l4)) if icmp_error::is_error(l4.icmp_type) => {
-            return match icmp_error::unsnat_error(ctx, ip, cfg) {
-                Ok(()) => pass(Counter::TranslatedIcmpError),
-                Err(Untranslated::NotOurs) => pass(Counter::PassedNoFlow),
-                Err(Untranslated::RewriteFailed) => drop(Counter::DropRewrite),
-            };
+            return icmp_error::unsnat_error(ctx, ip, cfg);
         }
-        Ok(_) => return pass(Counter::PassedNoFlow),
-        Err(_) => return pass(Counter::PassedMalformed),
+        Ok(_) => return Ok(Verdict::Pass(Counter::PassedNoFlow)),
+        Err(_) => return Ok(Verdict::Pass(Counter::PassedMalformed)),
     };
     let key = FlowKey::new(ip.src, ip.dst, l4.src_port, l4.dst_port, ip.proto);
     let Some(entry) = conntrack::reply_entry(&key) else {
-        return pass(Counter::PassedNoFlow);
+        return Ok(Verdict::Pass(Counter::PassedNoFlow));
     };
     let old = (ip.dst, l4.dst_port);
     let seen = seen_bits(l4.tcp_flags);
-    apply(
-        ctx,
-        ip,
-        Endpoint::Destination,
-        old,
-        entry,
-        (now, seen),
-        Counter::TranslatedIn,
-    )
+    apply(ctx, ip, Endpoint::Destination, old, entry, (now, seen))?;
+    Ok(Verdict::Translated(Counter::TranslatedIn))
 }
 
-/// Rewrites `endpoint` from `old` (address, port) to what `entry` says,
-/// accounts the packet to the flow and passes it; drops it if the rewrite
-/// fails half-way.
+/// Rewrites `endpoint` from `old` (address, port) to what `entry` says and
+/// accounts the packet to the flow.
 #[inline(always)]
 fn apply(
     ctx: &TcContext,
@@ -247,25 +161,16 @@ fn apply(
     (old_addr, old_port): (u32, u16),
     entry: *mut FlowEntry,
     (now, seen): (u64, u8),
-    done: Counter,
-) -> Result<Verdict, ()> {
+) -> Result<(), Drop> {
     // SAFETY: map value pointer, valid for this run.
     let (new_addr, new_port) = unsafe { ((*entry).rewrite_addr, (*entry).rewrite_port) };
-    if rewrite(
+    rewrite(
         ctx,
         ip,
         endpoint,
         (old_addr, new_addr),
         (old_port, new_port),
-    )
-    .is_err()
-    {
-        return drop(Counter::DropRewrite);
-    }
+    )?;
     conntrack::touch(entry, now, ctx.len(), seen);
-    count(done);
-    Ok(Verdict {
-        action: TC_ACT_OK,
-        translated: true,
-    })
+    Ok(())
 }

@@ -8,6 +8,11 @@ use network_types::{
     ip::Ipv4Hdr,
 };
 
+use crate::offsets::{
+    ICMP_ECHO_ID, ICMP_LEN, ICMP_TYPE, TCP_DEST, TCP_FLAGS, TCP_MIN_LEN, TCP_SOURCE, UDP_DEST,
+    UDP_LEN, UDP_SOURCE,
+};
+
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
 
@@ -55,12 +60,6 @@ pub struct Transport {
 
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET_MASK: u16 = 0x1fff;
-/// ICMP header prefix NAT reads: type, code, checksum, identifier, sequence.
-const L4_PREFIX: usize = 8;
-/// Offset of the flags byte in a TCP header.
-const TCP_FLAGS_OFF: usize = 13;
-/// A TCP header without options: NAT rewrites its checksum at offset 16.
-const TCP_HEADER_LEN: usize = 20;
 
 /// Returns a pointer to a `T` at `offset`, pulling non-linear data into the
 /// linear area once if needed (GRO'd skbs may carry headers in frags).
@@ -129,29 +128,30 @@ pub fn parse_ipv4(ctx: &TcContext) -> Result<Ipv4, ParseError> {
 pub fn parse_transport(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Transport>, ParseError> {
     match ip.proto {
         IPPROTO_TCP => {
-            let head: [u8; TCP_HEADER_LEN] = load(ctx, ip.l4_off)?;
+            // The whole header: its checksum, past the flags, is rewritten too.
+            let head: [u8; TCP_MIN_LEN] = load(ctx, ip.l4_off)?;
             Ok(Some(Transport {
-                src_port: u16::from_ne_bytes([head[0], head[1]]),
-                dst_port: u16::from_ne_bytes([head[2], head[3]]),
+                src_port: u16::from_ne_bytes([head[TCP_SOURCE], head[TCP_SOURCE + 1]]),
+                dst_port: u16::from_ne_bytes([head[TCP_DEST], head[TCP_DEST + 1]]),
                 icmp_type: 0,
-                tcp_flags: head[TCP_FLAGS_OFF],
+                tcp_flags: head[TCP_FLAGS],
             }))
         }
         IPPROTO_UDP => {
             // The whole header: the checksum is rewritten too.
-            let ports: [u16; 4] = load(ctx, ip.l4_off)?;
+            let head: [u8; UDP_LEN] = load(ctx, ip.l4_off)?;
             Ok(Some(Transport {
-                src_port: ports[0],
-                dst_port: ports[1],
+                src_port: u16::from_ne_bytes([head[UDP_SOURCE], head[UDP_SOURCE + 1]]),
+                dst_port: u16::from_ne_bytes([head[UDP_DEST], head[UDP_DEST + 1]]),
                 icmp_type: 0,
                 tcp_flags: 0,
             }))
         }
         IPPROTO_ICMP => {
-            let icmp: [u8; L4_PREFIX] = load(ctx, ip.l4_off)?;
-            let id = u16::from_ne_bytes([icmp[4], icmp[5]]);
+            let icmp: [u8; ICMP_LEN] = load(ctx, ip.l4_off)?;
+            let id = u16::from_ne_bytes([icmp[ICMP_ECHO_ID], icmp[ICMP_ECHO_ID + 1]]);
             // Other types (errors) carry no flow identifier of their own.
-            let (src_port, dst_port) = match icmp[0] {
+            let (src_port, dst_port) = match icmp[ICMP_TYPE] {
                 ICMP_ECHO_REQUEST => (id, 0),
                 ICMP_ECHO_REPLY => (0, id),
                 _ => (0, 0),
@@ -159,7 +159,7 @@ pub fn parse_transport(ctx: &TcContext, ip: &Ipv4) -> Result<Option<Transport>, 
             Ok(Some(Transport {
                 src_port,
                 dst_port,
-                icmp_type: icmp[0],
+                icmp_type: icmp[ICMP_TYPE],
                 tcp_flags: 0,
             }))
         }

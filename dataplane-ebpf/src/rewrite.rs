@@ -9,7 +9,13 @@ use aya_ebpf::{
 };
 use dataplane_common::flow::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
-use crate::packet::Ipv4;
+use crate::{
+    offsets::{
+        ICMP_CHECK, ICMP_ECHO_ID, IPV4_CHECK, IPV4_DST, IPV4_SRC, TCP_CHECK, TCP_DEST, TCP_SOURCE,
+        UDP_CHECK,
+    },
+    packet::Ipv4,
+};
 
 /// Which end of the packet to rewrite.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -17,14 +23,6 @@ pub enum Endpoint {
     Source,
     Destination,
 }
-
-const IPV4_CHECK_OFF: usize = 10;
-const IPV4_SRC_OFF: usize = 12;
-const IPV4_DST_OFF: usize = 16;
-const TCP_CHECK_OFF: usize = 16;
-const UDP_CHECK_OFF: usize = 6;
-const ICMP_CHECK_OFF: usize = 2;
-const ICMP_ID_OFF: usize = 4;
 
 /// A rewrite failed in a kernel helper; the packet must be dropped.
 pub struct RewriteError;
@@ -39,20 +37,21 @@ pub fn rewrite(
     (old_addr, new_addr): (u32, u32),
     (old_port, new_port): (u16, u16),
 ) -> Result<(), RewriteError> {
+    // TCP and UDP keep their ports at the same offsets.
     let port_off = match (ip.proto, endpoint) {
-        (IPPROTO_ICMP, _) => ICMP_ID_OFF,
-        (_, Endpoint::Source) => 0,
-        (_, Endpoint::Destination) => 2,
+        (IPPROTO_ICMP, _) => ICMP_ECHO_ID,
+        (_, Endpoint::Source) => TCP_SOURCE,
+        (_, Endpoint::Destination) => TCP_DEST,
     };
     // (checksum offset, flags for an address change, flags for a port change)
     let (check_off, addr_flags, port_flags) = match ip.proto {
-        IPPROTO_TCP => (TCP_CHECK_OFF, BPF_F_PSEUDO_HDR as u64, 0),
+        IPPROTO_TCP => (TCP_CHECK, BPF_F_PSEUDO_HDR as u64, 0),
         IPPROTO_UDP => {
             let zero_ok = BPF_F_MARK_MANGLED_0 as u64;
-            (UDP_CHECK_OFF, BPF_F_PSEUDO_HDR as u64 | zero_ok, zero_ok)
+            (UDP_CHECK, BPF_F_PSEUDO_HDR as u64 | zero_ok, zero_ok)
         }
         // The ICMP checksum covers no pseudo-header: only the identifier counts.
-        _ => (ICMP_CHECK_OFF, 0, 0),
+        _ => (ICMP_CHECK, 0, 0),
     };
     let l4_check = ip.l4_off + check_off;
 
@@ -83,16 +82,11 @@ pub fn rewrite_address(
         return Ok(());
     }
     let addr_off = match endpoint {
-        Endpoint::Source => IPV4_SRC_OFF,
-        Endpoint::Destination => IPV4_DST_OFF,
+        Endpoint::Source => IPV4_SRC,
+        Endpoint::Destination => IPV4_DST,
     };
-    ctx.l3_csum_replace(
-        ip.l3_off + IPV4_CHECK_OFF,
-        old_addr as u64,
-        new_addr as u64,
-        4,
-    )
-    .map_err(|_| RewriteError)?;
+    ctx.l3_csum_replace(ip.l3_off + IPV4_CHECK, old_addr as u64, new_addr as u64, 4)
+        .map_err(|_| RewriteError)?;
     ctx.store(ip.l3_off + addr_off, &new_addr, 0)
         .map_err(|_| RewriteError)
 }

@@ -15,6 +15,7 @@ use bpfmasq_e2e::{
     Lab, bin,
     datapath::{attach_args, counter, host_json},
     icmp::ping,
+    kernel,
     lab::files_under,
     process::{self, describe},
     product::COMMAND_TIMEOUT,
@@ -46,7 +47,7 @@ fn a_program_the_kernel_rejects_is_one_line_and_nothing_is_attached() {
     let args = attach_args(&lab, &[]);
     let out = bpfmasq_with_invalid_program(&args);
     let command = format!("BPFMASQ_TEST_REJECT=1 bpfmasq {}", args.join(" "));
-    let kernel = kernel_release();
+    let kernel = kernel::release();
     assert_refused(
         &out,
         &command,
@@ -101,7 +102,7 @@ fn probe_loads_every_program_and_reports_its_verifier_budget() {
         describe(&out)
     );
     let report: Value = serde_json::from_slice(&out.stdout).expect("probe --json prints JSON");
-    assert_eq!(report["kernel"], kernel_release().as_str(), "{report:#}");
+    assert_eq!(report["kernel"], kernel::release().as_str(), "{report:#}");
     let programs = report["programs"].as_array().expect("programs");
     let names: Vec<&str> = programs.iter().filter_map(|p| p["name"].as_str()).collect();
     assert_eq!(names, ["uplink_egress", "uplink_ingress", "bridge_ingress"]);
@@ -167,12 +168,9 @@ fn without_tcx_and_fast_path_helpers_it_attaches_with_clsact_and_no_fast_path() 
         describe(&ping)
     );
     let stats = host_json(&lab, &["stats", "--json"]);
-    assert!(counter(&stats, "translated_out").unwrap_or(0) >= 2, "{stats:#}");
+    assert!(
+        counter(&stats, "translated_out").unwrap_or(0) >= 2,
+        "{stats:#}"
+    );
     assert_eq!(counter(&stats, "fast_path_out"), Some(0), "{stats:#}");
-}
-
-/// The running kernel's release (`uname -r`).
-fn kernel_release() -> String {
-    let out = process::run(Command::new("uname").arg("-r"), COMMAND_TIMEOUT);
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }

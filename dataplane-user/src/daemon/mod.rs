@@ -8,7 +8,7 @@
 
 mod addresses;
 pub mod lock;
-mod logs;
+mod pressure;
 
 use std::{net::Ipv4Addr, time::Duration};
 
@@ -24,7 +24,7 @@ use tokio::{
 
 use self::{
     addresses::{AddressWatch, primary_ipv4},
-    logs::DatapathLog,
+    pressure::PressureWatch,
 };
 use crate::{
     cli::{InstanceArgs, LinkType, RunArgs},
@@ -58,13 +58,6 @@ pub async fn run(netns: Option<&str>, args: &RunArgs) -> Result<()> {
 
     let started = start(&netlink, &instance, &resolved, args.attach.link_type).await?;
     println!("{}", started.describe(&instance, args, follow));
-    let mut datapath_log = match DatapathLog::open(started.program_ids[0]) {
-        Ok(log) => Some(log),
-        Err(e) => {
-            eprintln!("bpfmasq run: warning: {e:#}; datapath messages will not be shown");
-            None
-        }
-    };
     let mut daemon = Daemon {
         table: pinned::conntrack(&instance)?,
         instance,
@@ -74,6 +67,7 @@ pub async fn run(netns: Option<&str>, args: &RunArgs) -> Result<()> {
     if follow {
         daemon.follow_address(&netlink).await?;
     }
+    let mut pressure = PressureWatch::new(&daemon.instance);
 
     let mut gc_timer = tokio::time::interval(Duration::from_secs(args.gc_interval));
     // A slow sweep (a huge table) delays the next one rather than bunching them.
@@ -83,11 +77,8 @@ pub async fn run(netns: Option<&str>, args: &RunArgs) -> Result<()> {
             name = signals.recv() => break name,
             _ = gc_timer.tick() => {
                 daemon.sweep()?;
-            }
-            forwarded = forward_log(&mut datapath_log) => {
-                if let Err(e) = forwarded {
-                    eprintln!("bpfmasq run: warning: {e:#}; no longer showing datapath messages");
-                    datapath_log = None;
+                if let Some(warning) = pressure.check(&daemon.instance) {
+                    eprintln!("bpfmasq run: warning: {warning}");
                 }
             }
             changed = address_changed(&mut watch, daemon.uplink_ifindex) => match changed {
@@ -121,14 +112,6 @@ pub async fn run(netns: Option<&str>, args: &RunArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Forwards datapath messages; never ready when there is no log ring.
-async fn forward_log(log: &mut Option<DatapathLog>) -> Result<()> {
-    match log {
-        Some(log) => log.forward().await,
-        None => std::future::pending().await,
-    }
 }
 
 /// SIGINT and SIGTERM, the two ways to stop the daemon cleanly.
