@@ -107,6 +107,46 @@ pub fn delete<K: Pod>(map: &MapData, keys: &[K]) -> io::Result<usize> {
     Ok(deleted)
 }
 
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_TYPE_HASH: u32 = 1;
+
+/// The `union bpf_attr` prefix of BPF_MAP_CREATE.
+#[repr(C)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+}
+
+/// Whether this kernel has batched map operations (5.6): a batched lookup
+/// on an empty throwaway hash map answers ENOENT (nothing to return) where
+/// it has them, EINVAL where it does not.
+pub fn is_supported() -> bool {
+    let mut create = MapCreateAttr {
+        map_type: BPF_MAP_TYPE_HASH,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+    };
+    let Ok(fd) = bpf(BPF_MAP_CREATE, &mut create) else {
+        return false;
+    };
+    let (mut keys, mut values, mut token) = ([0u32; 1], [0u32; 1], 0u64);
+    let mut lookup = BatchAttr {
+        out_batch: &raw mut token as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: 1,
+        map_fd: fd as u32,
+        ..Default::default()
+    };
+    let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut lookup);
+    // SAFETY: `fd` was just created by BPF_MAP_CREATE and is closed once.
+    unsafe { libc::close(fd as i32) };
+    matches!(result, Err(e) if e.raw_os_error() == Some(libc::ENOENT))
+}
+
 /// Whether a batch command failed because the kernel (before 5.6) or the
 /// map type has no batch operations.
 pub fn is_unsupported(error: &io::Error) -> bool {

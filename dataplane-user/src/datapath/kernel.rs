@@ -16,7 +16,7 @@ use aya::{
 use dataplane_common::kernel::FEATURE_FAST_PATH;
 use serde::Serialize;
 
-use super::sys::bpf;
+use super::{batch, sys::bpf};
 
 /// One probed feature.
 #[derive(Clone, Debug, Serialize)]
@@ -110,7 +110,7 @@ impl Kernel {
             },
             Feature {
                 name: "batched map operations (5.6)",
-                available: has_batch_ops(),
+                available: batch::is_supported(),
                 without: Without::KeyByKey,
             },
         ];
@@ -194,62 +194,8 @@ fn has_tcx() -> bool {
     SchedClassifier::query_tcx("lo", TcAttachType::Ingress).is_ok()
 }
 
-const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-const BPF_MAP_TYPE_HASH: u32 = 1;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-
-/// The `union bpf_attr` prefix of BPF_MAP_CREATE.
-#[repr(C)]
-#[derive(Default)]
-struct MapCreateAttr {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-}
-
-/// The `union bpf_attr` prefix of BPF_MAP_LOOKUP_BATCH.
-#[repr(C)]
-#[derive(Default)]
-struct LookupBatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-/// Batched lookups on an empty throwaway hash map: ENOENT (nothing to
-/// return) where the kernel has them, EINVAL where it does not.
-fn has_batch_ops() -> bool {
-    let mut create = MapCreateAttr {
-        map_type: BPF_MAP_TYPE_HASH,
-        key_size: 4,
-        value_size: 4,
-        max_entries: 1,
-    };
-    let Ok(fd) = bpf(BPF_MAP_CREATE, &mut create) else {
-        return false;
-    };
-    let (mut keys, mut values, mut token) = ([0u32; 1], [0u32; 1], 0u64);
-    let mut lookup = LookupBatchAttr {
-        out_batch: &raw mut token as u64,
-        keys: keys.as_mut_ptr() as u64,
-        values: values.as_mut_ptr() as u64,
-        count: 1,
-        map_fd: fd as u32,
-        ..Default::default()
-    };
-    let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut lookup);
-    // SAFETY: `fd` was just created by BPF_MAP_CREATE and is closed once.
-    unsafe { libc::close(fd as i32) };
-    matches!(result, Err(e) if e.raw_os_error() == Some(libc::ENOENT))
-}
 
 /// One eBPF instruction, as `struct bpf_insn` lays it out.
 #[repr(C)]
