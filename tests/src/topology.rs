@@ -1,4 +1,4 @@
-//! The lab's fixed topology (see DATAPATH-NOTES.md, section 1), as the tests
+//! The lab's fixed topology (ARCHITECTURE.md, "The lab"), as the tests
 //! rely on it: addresses, interface names and node names.
 
 use std::net::Ipv4Addr;

@@ -1,5 +1,5 @@
 //! The netfilter variants: exactly the rules the CNI bridge plugin writes
-//! (DATAPATH-NOTES.md section 2) for N containers, loaded in one go with
+//! (ARCHITECTURE.md, "What bpfmasq replaces") for N containers, loaded in one go with
 //! `iptables-restore` / `nft -f` inside the lab's host namespace, the
 //! control-plane trials (one container's NAT added and removed the way the
 //! plugin does it), and the flowtable probe.

@@ -1,4 +1,4 @@
-//! The lab: the book's container-host topology (DATAPATH-NOTES.md, section 1)
+//! The lab: a container host's topology (ARCHITECTURE.md, "The lab")
 //! rebuilt in named network namespaces, so bpfmasq can be tried and tested
 //! without touching the machine's own network.
 //!

@@ -1,4 +1,4 @@
-//! The lab's fixed topology (DATAPATH-NOTES.md, section 1) and its naming
+//! The lab's fixed topology (ARCHITECTURE.md, "The lab") and its naming
 //! rules. Pure: nothing here touches the system.
 //!
 //! ```text
