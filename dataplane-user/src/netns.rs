@@ -21,6 +21,39 @@ use nix::{
 /// Where named namespaces live (same folder as iproute2 uses).
 pub const NETNS_DIR: &str = "/run/netns";
 
+/// Makes [`NETNS_DIR`] a shared mount point of its own, as `ip netns add`
+/// does before its first namespace. A namespace mounted in it then shows
+/// in every mount namespace that shares the folder; and when another tool
+/// (iproute2, podman, a CNI plugin) later bind-mounts the folder over
+/// itself, our mounts are shared with the new mount instead of hidden under
+/// it, where they could no longer be unmounted ("Device or resource busy").
+fn make_dir_shared() -> Result<()> {
+    let make_shared = || {
+        mount(
+            None::<&str>,
+            NETNS_DIR,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+    };
+    match make_shared() {
+        Ok(()) => return Ok(()),
+        // EINVAL: not a mount point yet; make it one (a bind mount of itself).
+        Err(nix::errno::Errno::EINVAL) => {}
+        Err(e) => bail!("making {NETNS_DIR} a shared mount: {e}"),
+    }
+    mount(
+        Some(NETNS_DIR),
+        NETNS_DIR,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .with_context(|| format!("bind-mounting {NETNS_DIR} on itself"))?;
+    make_shared().with_context(|| format!("making {NETNS_DIR} a shared mount"))
+}
+
 /// A handle to a named network namespace (an open fd on its bind mount).
 #[derive(Debug)]
 pub struct NetNs {
@@ -59,6 +92,7 @@ impl NetNs {
     pub fn create(name: &str) -> Result<Self> {
         validate_name(name)?;
         fs::create_dir_all(NETNS_DIR).with_context(|| format!("creating {NETNS_DIR}"))?;
+        make_dir_shared()?;
         let path = Self::path_of(name);
         // create_new: an existing namespace is an error, never silently reused.
         File::options()
