@@ -1,9 +1,10 @@
-//! bpfmasq's user side: the loader, the lab and the CLI verbs. The binary
-//! (`main.rs`) only parses arguments and dispatches here; the end-to-end
-//! tests reuse [`netns`] to run sockets inside lab namespaces.
+//! bpfmasq's user side: the loader, the lab and what the CLI verbs do. The
+//! binary (`src/bin/bpfmasq/`) parses arguments, converts them once into
+//! this library's option types ([`datapath::options::AttachOptions`],
+//! [`daemon::RunOptions`], [`inspect::Query`]...) and dispatches here; the
+//! end-to-end tests reuse [`netns`] to run sockets inside lab namespaces.
 
 pub mod bench;
-pub mod cli;
 pub mod daemon;
 pub mod datapath;
 pub mod inspect;

@@ -27,22 +27,32 @@ use self::{
     pressure::PressureWatch,
 };
 use crate::{
-    cli::{InstanceArgs, LinkType, RunArgs},
     datapath::{
         self,
         flows::ConntrackMap,
         gc::{self, SweepReport},
         instance::{Instance, netns_label},
         loader,
-        options::Resolved,
+        options::{AttachOptions, LinkType, Resolved},
         pinned,
         tc::{self, AttachRecord, Interfaces},
     },
+    inspect::Query,
     netlink::Netlink,
     privileges::require_root,
 };
 
-pub async fn run(netns: Option<&str>, args: &RunArgs) -> Result<()> {
+/// What `run` is asked to do.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub attach: AttachOptions,
+    /// Detach the datapath when the daemon stops (else it stays, pinned).
+    pub detach_on_exit: bool,
+    /// Time between garbage-collection sweeps.
+    pub gc_interval: Duration,
+}
+
+pub async fn run(netns: Option<&str>, args: &RunOptions) -> Result<()> {
     require_root("bpfmasq run")?;
     // Caught from the start: a signal arriving while the datapath is being
     // attached is handled once that is done, instead of killing it half-way.
@@ -69,7 +79,7 @@ pub async fn run(netns: Option<&str>, args: &RunArgs) -> Result<()> {
     }
     let mut pressure = PressureWatch::new(&daemon.instance);
 
-    let mut gc_timer = tokio::time::interval(Duration::from_secs(args.gc_interval));
+    let mut gc_timer = tokio::time::interval(args.gc_interval);
     // A slow sweep (a huge table) delays the next one rather than bunching them.
     gc_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let stopped_by = loop {
@@ -165,7 +175,7 @@ struct Started {
 }
 
 impl Started {
-    fn describe(&self, instance: &Instance, args: &RunArgs, follow: bool) -> String {
+    fn describe(&self, instance: &Instance, args: &RunOptions, follow: bool) -> String {
         let c = &self.config;
         let what = match &self.how {
             How::Attached => "attached to".to_owned(),
@@ -203,7 +213,7 @@ impl Started {
             c.port_max,
             c.ct_max,
             timeouts.join(" "),
-            args.gc_interval,
+            args.gc_interval.as_secs(),
             instance.dir().display()
         )
     }
@@ -432,7 +442,7 @@ impl Daemon {
 }
 
 /// One sweep now, reported.
-pub fn gc_once(netns: Option<&str>, args: &InstanceArgs) -> Result<()> {
+pub fn gc_once(netns: Option<&str>, args: &Query) -> Result<()> {
     require_root("bpfmasq gc")?;
     let instance = Instance::find(&netns_label(netns)?, args.uplink.as_deref())?;
     let config = pinned::read_config(&instance)?;

@@ -21,14 +21,10 @@ use dataplane_common::config::{FLAG_FAST_PATH, NatConfig};
 
 use self::{
     instance::{Instance, netns_label},
-    options::Resolved,
+    options::{AttachOptions, LinkType, Resolved},
     tc::{AttachRecord, Interfaces},
 };
-use crate::{
-    cli::{AttachArgs, LinkType, Switch},
-    netlink::Netlink,
-    privileges::require_root,
-};
+use crate::{netlink::Netlink, privileges::require_root};
 
 /// Removes a half-made instance's pins unless disarmed: an `attach` that
 /// fails part-way leaves nothing behind.
@@ -45,7 +41,7 @@ impl Drop for PinsGuard<'_> {
     }
 }
 
-pub async fn attach(netns: Option<&str>, args: &AttachArgs) -> Result<()> {
+pub async fn attach(netns: Option<&str>, args: &AttachOptions) -> Result<()> {
     require_root("bpfmasq attach")?;
     let netlink = Netlink::connect()?;
     let resolved = Resolved::resolve(&netlink, args).await?;
@@ -75,11 +71,11 @@ pub async fn attach(netns: Option<&str>, args: &AttachArgs) -> Result<()> {
 }
 
 /// `on`, `off`, or why it is off although asked for.
-pub fn fast_path_state(asked: Switch, resolved: &Resolved) -> String {
+pub fn fast_path_state(asked: bool, resolved: &Resolved) -> String {
     match (asked, resolved.kernel.fast_path_unavailable()) {
-        (Switch::Off, _) => "off".to_owned(),
-        (Switch::On, None) => "on".to_owned(),
-        (Switch::On, Some(reason)) => format!("off ({reason})"),
+        (false, _) => "off".to_owned(),
+        (true, None) => "on".to_owned(),
+        (true, Some(reason)) => format!("off ({reason})"),
     }
 }
 

@@ -11,10 +11,42 @@ use dataplane_common::{
 use ipnet::Ipv4Net;
 
 use super::kernel::Kernel;
-use crate::{
-    cli::{AttachArgs, Switch},
-    netlink::Netlink,
-};
+use crate::netlink::Netlink;
+
+/// What `attach` and `run` are asked to do, as the library takes it (the
+/// binary turns its command line into this once); [`Resolved::resolve`]
+/// fills in the rest from the interfaces and the kernel.
+#[derive(Clone, Debug)]
+pub struct AttachOptions {
+    /// The container bridge; its IPv4 subnet is the default pod CIDR.
+    pub bridge: String,
+    /// The interface traffic leaves through; its primary IPv4 address is the
+    /// default NAT address.
+    pub uplink: String,
+    pub pod_cidr: Option<Ipv4Net>,
+    /// Destinations never masqueraded, besides the built-in ones.
+    pub no_masq: Vec<Ipv4Net>,
+    pub port_range: Option<PortRange>,
+    pub nat_address: Option<Ipv4Addr>,
+    /// Maximum number of flows.
+    pub ct_max: u32,
+    pub timeouts: Vec<TimeoutOverride>,
+    pub link_type: LinkType,
+    /// Asked for the fast path (the kernel may not have what it needs).
+    pub fast_path: bool,
+}
+
+/// How to attach the TC programs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LinkType {
+    /// tcx links where the kernel has them, else clsact.
+    #[default]
+    Auto,
+    /// tcx links (kernel 6.6 and later).
+    Tcx,
+    /// A clsact qdisc with cls_bpf filters (any kernel with BPF).
+    Clsact,
+}
 
 /// `--port-range LO-HI`, inclusive, 1..=65535.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,7 +163,7 @@ impl Resolved {
     /// Looks the interfaces up and fills in the defaults: the pod CIDR from
     /// the bridge's address, the NAT address from the uplink's primary one.
     /// Probes the kernel too, refusing one that lacks what bpfmasq needs.
-    pub async fn resolve(netlink: &Netlink, args: &AttachArgs) -> Result<Self> {
+    pub async fn resolve(netlink: &Netlink, args: &AttachOptions) -> Result<Self> {
         let kernel = Kernel::probe();
         kernel.check_required()?;
         if args.bridge == args.uplink {
@@ -196,7 +228,7 @@ impl Resolved {
             }),
             ct_max: args.ct_max,
             timeouts: timeouts(&args.timeouts),
-            fast_path: args.fast_path == Switch::On && kernel.fast_path_unavailable().is_none(),
+            fast_path: args.fast_path && kernel.fast_path_unavailable().is_none(),
             kernel,
         })
     }

@@ -38,9 +38,9 @@ use super::{
     },
     kernel::Kernel,
     loader::classifier,
-    options::Resolved,
+    options::{LinkType, Resolved},
 };
-use crate::{cli::LinkType, netlink::Netlink};
+use crate::netlink::Netlink;
 
 /// Which of the two interfaces a hook is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,7 +11,6 @@ use dataplane_common::{
 use serde::Serialize;
 
 use crate::{
-    cli::{ConntrackListArgs, FlowFilterArgs, ProtoFilter},
     datapath::{
         flows::{FlowView, monotonic_ns, snapshot},
         gc,
@@ -20,6 +19,26 @@ use crate::{
     },
     privileges::require_root,
 };
+
+use super::Query;
+
+/// A protocol to keep flows of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+/// Which flows a conntrack verb applies to (all, when empty).
+#[derive(Clone, Debug, Default)]
+pub struct FlowFilter {
+    pub proto: Option<Proto>,
+    /// Flows whose pod (original source) address is in this network.
+    pub src: Option<ipnet::Ipv4Net>,
+    /// Flows whose peer (original destination) address is in this network.
+    pub dst: Option<ipnet::Ipv4Net>,
+}
 
 #[derive(Debug, Serialize)]
 pub struct Endpoint {
@@ -113,27 +132,27 @@ pub fn flows(instance: &Instance) -> Result<Vec<Flow>> {
 }
 
 /// Whether `flow` passes the `--proto/--src/--dst` filters.
-fn matches(filter: &FlowFilterArgs, flow: &Flow) -> bool {
+fn matches(filter: &FlowFilter, flow: &Flow) -> bool {
     let proto_ok = filter.proto.is_none_or(|p| match p {
-        ProtoFilter::Tcp => flow.proto == "tcp",
-        ProtoFilter::Udp => flow.proto == "udp",
-        ProtoFilter::Icmp => flow.proto == "icmp",
+        Proto::Tcp => flow.proto == "tcp",
+        Proto::Udp => flow.proto == "udp",
+        Proto::Icmp => flow.proto == "icmp",
     });
     proto_ok
         && filter.src.is_none_or(|net| net.contains(&flow.src.addr))
         && filter.dst.is_none_or(|net| net.contains(&flow.dst.addr))
 }
 
-fn instance(netns: Option<&str>, args: &ConntrackListArgs) -> Result<Instance> {
-    Instance::find(&netns_label(netns)?, args.instance.uplink.as_deref())
+fn instance(netns: Option<&str>, query: &Query) -> Result<Instance> {
+    Instance::find(&netns_label(netns)?, query.uplink.as_deref())
 }
 
-pub fn conntrack_list(netns: Option<&str>, args: &ConntrackListArgs) -> Result<()> {
-    let flows: Vec<Flow> = flows(&instance(netns, args)?)?
+pub fn conntrack_list(netns: Option<&str>, query: &Query, filter: &FlowFilter) -> Result<()> {
+    let flows: Vec<Flow> = flows(&instance(netns, query)?)?
         .into_iter()
-        .filter(|f| matches(&args.filter, f))
+        .filter(|f| matches(filter, f))
         .collect();
-    if args.instance.json {
+    if query.json {
         println!("{}", serde_json::to_string_pretty(&flows)?);
         return Ok(());
     }
@@ -164,12 +183,12 @@ pub fn conntrack_list(netns: Option<&str>, args: &ConntrackListArgs) -> Result<(
     Ok(())
 }
 
-pub fn conntrack_count(netns: Option<&str>, args: &ConntrackListArgs) -> Result<()> {
-    let count = flows(&instance(netns, args)?)?
+pub fn conntrack_count(netns: Option<&str>, query: &Query, filter: &FlowFilter) -> Result<()> {
+    let count = flows(&instance(netns, query)?)?
         .iter()
-        .filter(|f| matches(&args.filter, f))
+        .filter(|f| matches(filter, f))
         .count();
-    if args.instance.json {
+    if query.json {
         println!("{}", serde_json::json!({ "flows": count }));
     } else {
         println!("{count}");
@@ -178,9 +197,9 @@ pub fn conntrack_count(netns: Option<&str>, args: &ConntrackListArgs) -> Result<
 }
 
 /// Removes matching flows, both halves (see `gc::remove_flows`).
-pub fn conntrack_flush(netns: Option<&str>, args: &ConntrackListArgs) -> Result<()> {
+pub fn conntrack_flush(netns: Option<&str>, query: &Query, filter: &FlowFilter) -> Result<()> {
     require_root("bpfmasq conntrack flush")?;
-    let instance = instance(netns, args)?;
+    let instance = instance(netns, query)?;
     let config = pinned::read_config(&instance)?;
     let table = pinned::conntrack(&instance)?;
     let snapshot = snapshot(&table)?;
@@ -188,11 +207,11 @@ pub fn conntrack_flush(netns: Option<&str>, args: &ConntrackListArgs) -> Result<
     let doomed: Vec<&FlowView> = snapshot
         .flows
         .iter()
-        .filter(|view| matches(&args.filter, &flow(view, &config.timeouts, now)))
+        .filter(|view| matches(filter, &flow(view, &config.timeouts, now)))
         .collect();
     gc::remove_flows(&table, &doomed)?;
     let removed = doomed.len();
-    if args.instance.json {
+    if query.json {
         println!("{}", serde_json::json!({ "flushed": removed }));
     } else {
         println!("flushed {removed} flow(s)");

@@ -6,7 +6,18 @@ mod probe;
 mod stats;
 mod status;
 
-pub use conntrack::{Flow, conntrack_count, conntrack_flush, conntrack_list, flows};
+pub use conntrack::{
+    Flow, FlowFilter, Proto, conntrack_count, conntrack_flush, conntrack_list, flows,
+};
 pub use probe::probe;
 pub use stats::{counter_totals, stats};
 pub use status::status;
+
+/// Which datapath an inspection reads, and how it prints.
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    /// The uplink of the datapath (`None`: the only one in the namespace).
+    pub uplink: Option<String>,
+    /// JSON instead of a table.
+    pub json: bool,
+}

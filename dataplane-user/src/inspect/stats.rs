@@ -6,12 +6,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use dataplane_common::counters::Counter;
 
-use crate::{
-    cli::StatsArgs,
-    datapath::{
-        instance::{Instance, netns_label},
-        pinned,
-    },
+use super::Query;
+use crate::datapath::{
+    instance::{Instance, netns_label},
+    pinned,
 };
 
 /// Every counter, summed over CPUs, in [`Counter::ALL`] order.
@@ -28,13 +26,14 @@ pub fn counter_totals(instance: &Instance) -> Result<Vec<(Counter, u64)>> {
         .collect()
 }
 
-pub async fn stats(netns: Option<&str>, args: &StatsArgs) -> Result<()> {
-    let instance = Instance::find(&netns_label(netns)?, args.instance.uplink.as_deref())?;
-    if args.watch {
+/// `watch`: refresh in place every second, with rates, until Ctrl-C.
+pub async fn stats(netns: Option<&str>, query: &Query, watch_it: bool) -> Result<()> {
+    let instance = Instance::find(&netns_label(netns)?, query.uplink.as_deref())?;
+    if watch_it {
         return watch(&instance).await;
     }
     let totals = counter_totals(&instance)?;
-    if args.instance.json {
+    if query.json {
         let map: serde_json::Map<String, serde_json::Value> = totals
             .iter()
             .map(|(c, v)| (c.name().to_owned(), (*v).into()))

@@ -11,16 +11,14 @@ use aya::programs::{
 use dataplane_common::config::AttachMode;
 use serde::Serialize;
 
-use crate::{
-    cli::InstanceArgs,
-    datapath::{
-        instance::{
-            Instance, PIN_BRIDGE_INGRESS, PIN_EGRESS, PIN_INGRESS, PIN_PROG_BRIDGE_INGRESS,
-            PIN_PROG_EGRESS, PIN_PROG_INGRESS, netns_label,
-        },
-        kernel::Kernel,
-        pinned,
+use super::Query;
+use crate::datapath::{
+    instance::{
+        Instance, PIN_BRIDGE_INGRESS, PIN_EGRESS, PIN_INGRESS, PIN_PROG_BRIDGE_INGRESS,
+        PIN_PROG_EGRESS, PIN_PROG_INGRESS, netns_label,
     },
+    kernel::Kernel,
+    pinned,
 };
 
 #[derive(Debug, Serialize)]
@@ -78,8 +76,8 @@ fn program_id(
     }
 }
 
-pub fn status(netns: Option<&str>, args: &InstanceArgs) -> Result<()> {
-    let instance = Instance::find(&netns_label(netns)?, args.uplink.as_deref())?;
+pub fn status(netns: Option<&str>, query: &Query) -> Result<()> {
+    let instance = Instance::find(&netns_label(netns)?, query.uplink.as_deref())?;
     let config = pinned::read_config(&instance)?;
     let table = pinned::conntrack(&instance)?;
     let snapshot = crate::datapath::flows::snapshot(&table)?;
@@ -134,7 +132,7 @@ pub fn status(netns: Option<&str>, args: &InstanceArgs) -> Result<()> {
         table_capacity: config.ct_max.saturating_mul(2),
         pin_dir: instance.dir().display().to_string(),
     };
-    if args.json {
+    if query.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
     }

@@ -12,7 +12,7 @@ use super::{
         FAR_ADDR, FAR_ADVERTISED_MSS, FAR_IFACE, FAR_LINK_MTU, FAR_SUBNET, OUT_FAR_ADDR,
         OUT_FAR_IFACE, OUTSIDE_ADDR,
     },
-    up::configure_leaf,
+    wiring::configure_leaf,
 };
 use crate::{
     netlink::{Netlink, Route, VethPair},

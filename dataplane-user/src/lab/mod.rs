@@ -14,6 +14,7 @@ mod far_peer;
 mod status;
 pub mod topology;
 mod up;
+mod wiring;
 
 use std::path::PathBuf;
 

@@ -2,7 +2,7 @@
 //! per namespace. All or nothing: a failure (or Ctrl-C) removes every
 //! namespace this run created.
 
-use std::{fs, io, net::Ipv4Addr, path::Path, time::Instant};
+use std::{fs, io, path::Path, time::Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use ipnet::Ipv4Net;
@@ -14,6 +14,7 @@ use super::{
         MAX_CONTAINERS, Node, OUTSIDE_ADDR, POD_PREFIX_LEN, UPLINK, UPLINK_PREFIX_LEN,
         container_addr, container_veth, ns_name, validate_lab_name,
     },
+    wiring::configure_leaf,
 };
 use crate::{
     netlink::{Netlink, VethPair},
@@ -155,25 +156,6 @@ async fn add_container(host: &Netlink, bridge: u32, ns: &NetNs, i: u16) -> Resul
     let container = Netlink::connect_in(ns)?;
     let addr = Ipv4Net::new_assert(container_addr(i), POD_PREFIX_LEN);
     configure_leaf(&container, CONTAINER_IFACE, addr, Some(BRIDGE_ADDR)).await
-}
-
-/// The inside of a leaf node (outside peer, far peer or container), whose
-/// `iface` is a veth peer created from its neighbour: `lo` and `iface` up,
-/// `addr` on `iface`, optional default route.
-pub(super) async fn configure_leaf(
-    node: &Netlink,
-    iface: &str,
-    addr: Ipv4Net,
-    gateway: Option<Ipv4Addr>,
-) -> Result<()> {
-    node.set_link_up_by_name("lo").await?;
-    let link = node.link_index(iface).await?;
-    node.set_link_up(link).await?;
-    node.add_ipv4_addr(link, addr).await?;
-    if let Some(gateway) = gateway {
-        node.add_default_route(gateway).await?;
-    }
-    Ok(())
 }
 
 /// The namespaces this `up` created, removed again on failure (also when

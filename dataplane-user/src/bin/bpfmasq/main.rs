@@ -1,15 +1,19 @@
+//! The `bpfmasq` binary: parses the command line (`cli`), enters `--netns`,
+//! and dispatches to the library with its own option types.
+
+mod cli;
+
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use bpfmasq::{
-    bench,
-    cli::{Cli, Command, ConntrackCommand, LabCommand},
-    daemon,
+    bench, daemon,
     datapath::{self, verifier::Rejection},
     inspect, lab,
     netns::NetNs,
 };
 use clap::Parser as _;
+use cli::{Cli, Command, ConntrackCommand, LabCommand};
 
 fn main() -> ExitCode {
     // Like any Unix filter: `bpfmasq conntrack list | head` ends quietly.
@@ -90,23 +94,30 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Lab(LabCommand::Down(args)) => lab::down(&args.name).await,
         Command::Lab(LabCommand::Status(args)) => lab::status(&args.lab.name, args.json).await,
         Command::Lab(LabCommand::Exec(_)) => unreachable!("handled before the runtime starts"),
-        Command::Attach(args) => datapath::attach(cli.netns.as_deref(), &args).await,
+        Command::Attach(args) => datapath::attach(cli.netns.as_deref(), &args.into()).await,
         Command::Detach(args) => {
             datapath::detach(cli.netns.as_deref(), args.uplink.as_deref()).await
         }
-        Command::Conntrack(ConntrackCommand::List(args)) => {
-            inspect::conntrack_list(cli.netns.as_deref(), &args)
+        Command::Conntrack(verb) => {
+            let netns = cli.netns.as_deref();
+            match verb {
+                ConntrackCommand::List(a) => {
+                    inspect::conntrack_list(netns, &a.instance.into(), &a.filter.into())
+                }
+                ConntrackCommand::Count(a) => {
+                    inspect::conntrack_count(netns, &a.instance.into(), &a.filter.into())
+                }
+                ConntrackCommand::Flush(a) => {
+                    inspect::conntrack_flush(netns, &a.instance.into(), &a.filter.into())
+                }
+            }
         }
-        Command::Conntrack(ConntrackCommand::Count(args)) => {
-            inspect::conntrack_count(cli.netns.as_deref(), &args)
+        Command::Stats(args) => {
+            inspect::stats(cli.netns.as_deref(), &args.instance.into(), args.watch).await
         }
-        Command::Conntrack(ConntrackCommand::Flush(args)) => {
-            inspect::conntrack_flush(cli.netns.as_deref(), &args)
-        }
-        Command::Stats(args) => inspect::stats(cli.netns.as_deref(), &args).await,
-        Command::Status(args) => inspect::status(cli.netns.as_deref(), &args),
-        Command::Gc(args) => daemon::gc_once(cli.netns.as_deref(), &args),
-        Command::Run(args) => daemon::run(cli.netns.as_deref(), &args).await,
+        Command::Status(args) => inspect::status(cli.netns.as_deref(), &args.into()),
+        Command::Gc(args) => daemon::gc_once(cli.netns.as_deref(), &args.into()),
+        Command::Run(args) => daemon::run(cli.netns.as_deref(), &args.into()).await,
         Command::Bench(args) => bench::run(&args).await,
         Command::Probe(args) => inspect::probe(args.json),
     }

@@ -1,11 +1,16 @@
-//! Command-line interface: one verb per lifecycle step.
+//! Command-line interface: one verb per lifecycle step. Parsed here, in the
+//! binary, and turned once into the library's own option types
+//! (`From` impls at the end); the library knows nothing of clap.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, time::Duration};
 
+use bpfmasq::{
+    daemon::RunOptions,
+    datapath::options::{AttachOptions, LinkType as LibLinkType, PortRange, TimeoutOverride},
+    inspect::{FlowFilter, Proto, Query},
+};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::Ipv4Net;
-
-use crate::datapath::options::{PortRange, TimeoutOverride};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -57,7 +62,7 @@ pub enum Command {
     /// Run one garbage-collection sweep of the conntrack table now and report it.
     Gc(InstanceArgs),
     /// Benchmark bpfmasq against iptables and nftables masquerade on the lab, side by side.
-    Bench(crate::bench::BenchArgs),
+    Bench(bpfmasq::bench::BenchArgs),
     /// Show what this kernel offers bpfmasq: features, attach mode, fast path, and each program's
     /// verifier budget (the programs are loaded for real, nothing is attached).
     Probe(JsonArgs),
@@ -256,4 +261,64 @@ pub struct StatsArgs {
     /// Refresh in place every second, with rates per second, until Ctrl-C.
     #[arg(long)]
     pub watch: bool,
+}
+
+impl From<LinkType> for LibLinkType {
+    fn from(link_type: LinkType) -> Self {
+        match link_type {
+            LinkType::Auto => LibLinkType::Auto,
+            LinkType::Tcx => LibLinkType::Tcx,
+            LinkType::Clsact => LibLinkType::Clsact,
+        }
+    }
+}
+
+impl From<AttachArgs> for AttachOptions {
+    fn from(args: AttachArgs) -> Self {
+        Self {
+            bridge: args.bridge,
+            uplink: args.uplink,
+            pod_cidr: args.pod_cidr,
+            no_masq: args.no_masq,
+            port_range: args.port_range,
+            nat_address: args.nat_address,
+            ct_max: args.ct_max,
+            timeouts: args.timeouts,
+            link_type: args.link_type.into(),
+            fast_path: args.fast_path == Switch::On,
+        }
+    }
+}
+
+impl From<RunArgs> for RunOptions {
+    fn from(args: RunArgs) -> Self {
+        Self {
+            attach: args.attach.into(),
+            detach_on_exit: args.detach_on_exit,
+            gc_interval: Duration::from_secs(args.gc_interval),
+        }
+    }
+}
+
+impl From<InstanceArgs> for Query {
+    fn from(args: InstanceArgs) -> Self {
+        Self {
+            uplink: args.uplink,
+            json: args.json,
+        }
+    }
+}
+
+impl From<FlowFilterArgs> for FlowFilter {
+    fn from(args: FlowFilterArgs) -> Self {
+        Self {
+            proto: args.proto.map(|proto| match proto {
+                ProtoFilter::Tcp => Proto::Tcp,
+                ProtoFilter::Udp => Proto::Udp,
+                ProtoFilter::Icmp => Proto::Icmp,
+            }),
+            src: args.src,
+            dst: args.dst,
+        }
+    }
 }
