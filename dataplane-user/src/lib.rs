@@ -4,7 +4,6 @@
 //! [`daemon::RunOptions`], [`inspect::Query`]...) and dispatches here; the
 //! end-to-end tests reuse [`netns`] to run sockets inside lab namespaces.
 
-pub mod bench;
 pub mod daemon;
 pub mod datapath;
 pub mod inspect;

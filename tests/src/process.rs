@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bpfmasq::bench::proc::{collect, kill_group};
+use process_group::{collect, kill_group};
 
 /// How long a finished command's descendants may keep its output pipes open.
 const PIPE_GRACE: Duration = Duration::from_secs(5);

@@ -1,4 +1,4 @@
-//! `bpfmasq bench --quick` as CI runs it: the harness sets up every variant,
+//! `bpfmasq-bench --quick` as CI runs it: the harness sets up every variant,
 //! measures, writes sane JSON and the chart, and leaves nothing behind.
 //! Speeds are not checked (CI machines are shared and noisy), only that
 //! every supported variant produced positive, finite figures.
@@ -69,9 +69,12 @@ fn quick_bench_measures_every_supported_variant_and_cleans_up() {
     let pins_before = bench_pins();
     let stats_before = fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").ok();
 
+    // Built next to bpfmasq, which it runs for the bpfmasq variant.
+    let bench = bin().with_file_name("bpfmasq-bench");
     let out = process::run(
-        Command::new(bin())
-            .args(["bench", "--quick", "--json"])
+        Command::new(&bench)
+            .env("BPFMASQ_BIN", bin())
+            .args(["--quick", "--json"])
             .arg(&outputs.json)
             .arg("--svg")
             .arg(&outputs.svg),
@@ -79,7 +82,7 @@ fn quick_bench_measures_every_supported_variant_and_cleans_up() {
     );
     assert!(
         out.status.success(),
-        "`bpfmasq bench --quick` failed: {}",
+        "`bpfmasq-bench --quick` failed: {}",
         describe(&out)
     );
     let table = String::from_utf8_lossy(&out.stdout);

@@ -1,5 +1,6 @@
-//! `cargo xtask bench`: setup and build, then `bpfmasq bench` with the given
-//! arguments (from the workspace root, so the chart lands in bench-results/).
+//! `cargo xtask bench`: setup and build, then `bpfmasq-bench` (built next to
+//! `bpfmasq`) with the given arguments (from the workspace root, so the
+//! chart lands in bench-results/).
 
 use std::ffi::OsString;
 
@@ -10,7 +11,7 @@ use crate::{build, cmd::Cmd, ui, workspace};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Passed to `bpfmasq bench`, e.g. `--quick` or `--json bench-results/run.json`.
+    /// Passed to `bpfmasq-bench`, e.g. `--quick` or `--json bench-results/run.json`.
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,
@@ -29,8 +30,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     // Ctrl-C reaches bpfmasq too, which stops and removes its lab: wait for
     // it instead of dying first.
     ctrlc::set_handler(|| {}).context("installing the Ctrl-C handler")?;
-    Cmd::new(&bin)
-        .arg("bench")
+    Cmd::new(bin.with_file_name("bpfmasq-bench"))
+        .env("BPFMASQ_BIN", &bin)
         .args(&args.args)
         .current_dir(workspace::root())
         .run()

@@ -61,8 +61,6 @@ pub enum Command {
     Run(RunArgs),
     /// Run one garbage-collection sweep of the conntrack table now and report it.
     Gc(InstanceArgs),
-    /// Benchmark bpfmasq against iptables and nftables masquerade on the lab, side by side.
-    Bench(bpfmasq::bench::BenchArgs),
     /// Show what this kernel offers bpfmasq: features, attach mode, fast path, and each program's
     /// verifier budget (the programs are loaded for real, nothing is attached).
     Probe(JsonArgs),

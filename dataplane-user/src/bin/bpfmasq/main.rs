@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use bpfmasq::{
-    bench, daemon,
+    daemon,
     datapath::{self, verifier::Rejection},
     inspect, lab,
     netns::NetNs,
@@ -118,7 +118,6 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Status(args) => inspect::status(cli.netns.as_deref(), &args.into()),
         Command::Gc(args) => daemon::gc_once(cli.netns.as_deref(), &args.into()),
         Command::Run(args) => daemon::run(cli.netns.as_deref(), &args.into()).await,
-        Command::Bench(args) => bench::run(&args).await,
         Command::Probe(args) => inspect::probe(args.json),
     }
 }

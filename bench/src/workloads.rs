@@ -17,7 +17,7 @@ use super::{
     plan::{Metric, Workload},
     proc::{INTERRUPTED, NsCommand},
 };
-use crate::lab::OUTSIDE_ADDR;
+use bpfmasq::lab::OUTSIDE_ADDR;
 
 /// Beyond its own duration, how long a client may take before it is killed.
 const CLIENT_GRACE: Duration = Duration::from_secs(20);

@@ -1,4 +1,4 @@
-//! `bpfmasq bench`: the same workloads through every NAT variant (routing,
+//! `bpfmasq-bench`: the same workloads through every NAT variant (routing,
 //! the CNI plugin's iptables and nftables masquerade, bpfmasq) on one lab,
 //! in one run, interleaved; a table of medians and ratios, the raw samples
 //! as JSON, and an SVG chart.
@@ -13,15 +13,15 @@
 //! only watches for Ctrl-C/SIGTERM and raises [`proc::INTERRUPTED`], at
 //! which every wait returns and the guards take everything down.
 
-pub mod bpf;
-pub mod chart;
-pub mod lab;
-pub mod netfilter;
-pub mod plan;
-pub mod proc;
-pub mod report;
-pub mod stats;
-pub mod workloads;
+mod bpf;
+mod chart;
+mod lab;
+mod netfilter;
+mod plan;
+mod proc;
+mod report;
+mod stats;
+mod workloads;
 
 use std::{
     collections::BTreeMap,
@@ -47,9 +47,20 @@ use self::{
     report::{BlockRecord, Noise, Record, Sample, VariantStatus},
     workloads::CpuTimes,
 };
-use crate::privileges::require_root;
+use bpfmasq::privileges::require_root;
+use clap::Parser as _;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "bpfmasq-bench",
+    version,
+    about = "Benchmark bpfmasq against iptables and nftables masquerade on one lab, side by side",
+    long_about = "Benchmark bpfmasq against iptables and nftables masquerade on one lab, side by \
+                  side: the same workloads through every variant, interleaved, as root. \
+                  `--quick` is the two-minute smoke run; see BENCHMARKS.md.\n\n\
+                  The bpfmasq variant runs the `bpfmasq` binary next to this one \
+                  (or $BPFMASQ_BIN)."
+)]
 pub struct BenchArgs {
     /// A short smoke run (under 2 minutes): N=1 and 100, 2 repetitions of 1 s
     /// samples, the control plane, UDP-64, connection rate and connect time.
@@ -205,8 +216,25 @@ fn available_cpus() -> Vec<usize> {
         .unwrap_or_else(|_| vec![0])
 }
 
-pub async fn run(args: &BenchArgs) -> Result<()> {
-    require_root("bpfmasq bench")?;
+fn main() -> std::process::ExitCode {
+    let args = BenchArgs::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let result = runtime
+        .context("starting the async runtime")
+        .and_then(|runtime| runtime.block_on(run(&args)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bpfmasq-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: &BenchArgs) -> Result<()> {
+    require_root("bpfmasq-bench")?;
     let config = Config::from_args(args)?;
     check_tools()?;
     INTERRUPTED.store(false, Ordering::SeqCst);
@@ -229,7 +257,7 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
             && !INTERRUPTED.swap(true, Ordering::SeqCst)
         {
             eprintln!(
-                "\nbpfmasq bench: {what}: stopping and removing everything the bench created"
+                "\nbpfmasq-bench: {what}: stopping and removing everything the bench created"
             );
         }
     }

@@ -19,7 +19,7 @@ use anyhow::{Context as _, Result, bail};
 use sha2::{Digest as _, Sha512};
 
 use super::proc::NsCommand;
-use crate::{
+use bpfmasq::{
     lab::{BRIDGE, POD_SUBNET, UPLINK},
     netns::NetNs,
 };

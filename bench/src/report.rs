@@ -409,7 +409,7 @@ pub struct Record<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::plan::Durations;
+    use crate::plan::Durations;
 
     fn sample(variant: Variant, scale: u32, value: f64) -> Sample {
         Sample {

@@ -28,7 +28,7 @@ use super::{
     netfilter::{Trial, pod_addr, trial_addr},
     proc::NsCommand,
 };
-use crate::{
+use bpfmasq::{
     datapath::{
         flows::monotonic_ns,
         instance::{
@@ -52,9 +52,22 @@ const BPF_NOEXIST: u64 = 1;
 /// How long attach/detach may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// `bpfmasq` itself, to run `attach`/`detach` exactly as a user would.
+/// The `bpfmasq` binary, to run `attach`/`detach` exactly as a user would:
+/// `$BPFMASQ_BIN`, else the one next to this executable (both are built
+/// into the same folder).
 fn bpfmasq_exe() -> Result<PathBuf> {
-    std::env::current_exe().context("finding the bpfmasq executable")
+    if let Some(bin) = std::env::var_os("BPFMASQ_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let exe = std::env::current_exe().context("finding the bpfmasq-bench executable")?;
+    let bin = exe.with_file_name("bpfmasq");
+    if !bin.is_file() {
+        bail!(
+            "no bpfmasq binary next to {} (build the workspace, or set BPFMASQ_BIN)",
+            exe.display()
+        );
+    }
+    Ok(bin)
 }
 
 /// `bpfmasq --netns HOST attach --bridge cni0 --uplink eth0 --fast-path on|off`.
@@ -268,7 +281,7 @@ mod tests {
         assert_ne!(other, key);
         assert_ne!(other_reply, reply_key);
         // Never the lab's real peer.
-        assert_ne!(key.dst_addr, be(crate::lab::OUTSIDE_ADDR));
+        assert_ne!(key.dst_addr, be(bpfmasq::lab::OUTSIDE_ADDR));
     }
 
     #[test]

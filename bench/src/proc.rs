@@ -13,17 +13,15 @@ use std::{
     },
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        mpsc,
-    },
+    sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use crate::netns::NetNs;
+use bpfmasq::netns::NetNs;
+use process_group::{collect, kill_group};
 
 /// Set by Ctrl-C / SIGTERM: every wait returns early and the run unwinds.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -263,31 +261,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// Reads a pipe to its end on a thread of its own; the bytes arrive on the
-/// channel. Shared with the end-to-end tests' command runner.
-pub fn collect(pipe: Option<impl io::Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut bytes = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut bytes);
-        }
-        let _ = tx.send(bytes);
-    });
-    rx
-}
-
-/// SIGKILLs the process group `child` leads (created with `process_group(0)`)
-/// and reaps `child`.
-pub fn kill_group(child: &mut Child) {
-    if let Ok(pgid) = i32::try_from(child.id()) {
-        // SAFETY: kill(2) on exactly the process group the caller created
-        // for this child.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
-    }
-    let _ = child.wait();
 }
 
 /// Renders argv for humans: words with spaces or quotes are single-quoted.

@@ -15,7 +15,7 @@ use rtnetlink::{RouteMessageBuilder, packet_route::route::RouteMessage};
 use tokio::runtime::Handle;
 
 use super::proc::{NsCommand, Proto, Server, wait_bound};
-use crate::{
+use bpfmasq::{
     lab::{self, HOST_UPLINK_ADDR, Node, OUTSIDE_ADDR, POD_SUBNET, ns_name},
     netlink::Netlink,
     netns::NetNs,
@@ -73,10 +73,6 @@ impl BenchLab {
         };
         guard.disarm();
         Ok(lab)
-    }
-
-    pub fn runtime(&self) -> &Handle {
-        &self.runtime
     }
 
     /// Starts nginx, the sockperf servers and iperf3 in the outside
