@@ -5,19 +5,17 @@
 
 use std::{
     fs,
-    net::Ipv4Addr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result};
-use rtnetlink::{RouteMessageBuilder, packet_route::route::RouteMessage};
 use tokio::runtime::Handle;
 
 use super::proc::{NsCommand, Proto, Server, wait_bound};
 use bpfmasq::{
     lab::{self, HOST_UPLINK_ADDR, Node, OUTSIDE_ADDR, POD_SUBNET, ns_name},
-    netlink::Netlink,
+    netlink::{Netlink, Route},
     netns::NetNs,
 };
 
@@ -147,35 +145,18 @@ impl BenchLab {
     /// The `routed` variant's route: the outside peer reaches the pod
     /// network through the host, no NAT needed.
     pub fn add_return_route(&self) -> Result<()> {
-        let out = &self.out;
         self.runtime.block_on(async {
-            let netlink = Netlink::connect_in(out)?;
-            netlink
-                .handle
-                .route()
-                .add(return_route())
-                .execute()
+            Netlink::connect_in(&self.out)?
+                .add_route(return_route())
                 .await
-                .with_context(|| {
-                    format!(
-                        "adding route {POD_SUBNET} via {HOST_UPLINK_ADDR} in `{}`",
-                        out.name()
-                    )
-                })
         })
     }
 
     pub fn delete_return_route(&self) -> Result<()> {
-        let out = &self.out;
         self.runtime.block_on(async {
-            let netlink = Netlink::connect_in(out)?;
-            netlink
-                .handle
-                .route()
-                .del(return_route())
-                .execute()
+            Netlink::connect_in(&self.out)?
+                .delete_route(return_route())
                 .await
-                .with_context(|| format!("deleting route {POD_SUBNET} in `{}`", out.name()))
         })
     }
 }
@@ -211,11 +192,12 @@ impl Drop for DownOnDrop {
     }
 }
 
-fn return_route() -> RouteMessage {
-    RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(POD_SUBNET.network(), POD_SUBNET.prefix_len())
-        .gateway(HOST_UPLINK_ADDR)
-        .build()
+fn return_route() -> Route {
+    Route {
+        destination: Some(POD_SUBNET),
+        gateway: HOST_UPLINK_ADDR,
+        advmss: None,
+    }
 }
 
 /// A minimal nginx: one worker, no logging, a 3-byte answer to everything.

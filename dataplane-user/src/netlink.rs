@@ -22,7 +22,7 @@ use rtnetlink::{
         AddressFamily,
         address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage},
         link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
-        route::{RouteAttribute, RouteMetric},
+        route::{RouteAttribute, RouteMessage, RouteMetric},
     },
 };
 
@@ -310,22 +310,22 @@ impl Netlink {
 
     /// Adds `route` to the main table.
     pub async fn add_route(&self, route: Route) -> Result<()> {
-        let mut builder = RouteMessageBuilder::<Ipv4Addr>::new().gateway(route.gateway);
-        if let Some(net) = route.destination {
-            builder = builder.destination_prefix(net.network(), net.prefix_len());
-        }
-        let mut message = builder.build();
-        if let Some(mss) = route.advmss {
-            message
-                .attributes
-                .push(RouteAttribute::Metrics(vec![RouteMetric::Advmss(mss)]));
-        }
         self.handle
             .route()
-            .add(message)
+            .add(route.message())
             .execute()
             .await
             .map_err(|e| self.failed(e, format_args!("adding the {route}")))
+    }
+
+    /// Removes `route` from the main table.
+    pub async fn delete_route(&self, route: Route) -> Result<()> {
+        self.handle
+            .route()
+            .del(route.message())
+            .execute()
+            .await
+            .map_err(|e| self.failed(e, format_args!("deleting the {route}")))
     }
 
     /// Sets the MTU of interface `ifindex`.
@@ -437,6 +437,22 @@ pub struct Route {
     pub gateway: Ipv4Addr,
     /// The MSS TCP announces to peers reached through this route.
     pub advmss: Option<u32>,
+}
+
+impl Route {
+    fn message(&self) -> RouteMessage {
+        let mut builder = RouteMessageBuilder::<Ipv4Addr>::new().gateway(self.gateway);
+        if let Some(net) = self.destination {
+            builder = builder.destination_prefix(net.network(), net.prefix_len());
+        }
+        let mut message = builder.build();
+        if let Some(mss) = self.advmss {
+            message
+                .attributes
+                .push(RouteAttribute::Metrics(vec![RouteMetric::Advmss(mss)]));
+        }
+        message
+    }
 }
 
 impl fmt::Display for Route {
