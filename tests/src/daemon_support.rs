@@ -1,10 +1,13 @@
 //! `bpfmasq run` as a child process for the daemon tests: started in a
 //! lab's host, its output collected as it comes, SIGKILLed when the guard
-//! drops (panic or not). Plus polling with a deadline and reading the
-//! datapath's JSON views without an attach guard.
+//! drops (panic or not). Plus polling with a deadline, reading the
+//! datapath's JSON views without an attach guard, and the restart scenario
+//! both the daemon and the portability suites run: SIGKILL in the middle
+//! of a transfer, then a new run adopts the pinned datapath.
 
 use std::{
     io::Read,
+    net::{Ipv4Addr, SocketAddrV4},
     os::unix::process::CommandExt as _,
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex, PoisonError},
@@ -15,7 +18,12 @@ use std::{
 use serde_json::Value;
 
 pub use crate::datapath::host_json;
-use crate::{lab::Lab, product::bin};
+use crate::{
+    lab::Lab,
+    product::bin,
+    tcp::{self, TcpServer},
+    topology::{HOST, HOST_UPLINK_ADDR, OUT, OUTSIDE_ADDR, UPLINK, container},
+};
 
 /// How long a daemon may take to say it started, or to stop after a signal.
 pub const DAEMON_TIMEOUT: Duration = Duration::from_secs(30);
@@ -251,4 +259,153 @@ pub fn flows(lab: &Lab) -> Vec<Value> {
         Value::Array(flows) => flows,
         other => panic!("`conntrack list --json` printed no array: {other}"),
     }
+}
+
+/// The port of a flow's endpoint (`src`, `dst`, `translated`) in `conntrack list --json`.
+pub fn port_of(endpoint: &Value) -> Option<u64> {
+    endpoint["port"].as_u64()
+}
+
+/// The address of a flow's endpoint in `conntrack list --json`.
+pub fn addr_of(endpoint: &Value) -> Option<Ipv4Addr> {
+    endpoint["addr"].as_str()?.parse().ok()
+}
+
+/// Program ids of the datapath's hooks (uplink egress and ingress, bridge ingress), from `status --json`.
+pub fn program_ids(lab: &Lab) -> Vec<u64> {
+    let status = host_json(lab, &["status", "--json"]);
+    status["hooks"]
+        .as_array()
+        .map(|hooks| {
+            hooks
+                .iter()
+                .filter_map(|h| h["program_id"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A TCP transfer from c1 to a server of the outside peer, shaped on the
+/// host's uplink so that it is still going when a daemon is killed and a
+/// new one has started.
+#[derive(Clone, Copy, Debug)]
+pub struct ShapedTransfer {
+    /// Bytes sent, of the [`crate::pattern`] stream for `seed`.
+    pub bytes: u64,
+    pub seed: u64,
+    /// The outside peer's port.
+    pub port: u16,
+    /// The uplink's rate (`tc qdisc ... tbf rate RATE`), e.g. `100mbit`.
+    pub rate: &'static str,
+    /// The daemon is killed once the transfer's flow has carried this many bytes...
+    pub kill_after: u64,
+    /// ...which it must within this long.
+    pub kill_within: Duration,
+}
+
+/// `bpfmasq run` attaches; `transfer` starts; once its flow carried
+/// `kill_after` bytes the daemon is SIGKILLed and a new run started, which
+/// must adopt the pinned datapath while the transfer still runs (new
+/// programs in the hooks, the flow and its translation kept), and the
+/// transfer then completes byte for byte, seen from the NAT address.
+pub fn sigkill_mid_transfer_then_adopt(lab: &Lab, transfer: &ShapedTransfer) {
+    let out_tcp = SocketAddrV4::new(OUTSIDE_ADDR, transfer.port);
+    lab.exec_ok(
+        HOST,
+        &[
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            UPLINK,
+            "root",
+            "tbf",
+            "rate",
+            transfer.rate,
+            "burst",
+            "256kb",
+            "latency",
+            "200ms",
+        ],
+    );
+    let (mut first, line) = Daemon::start(lab, &[]);
+    assert!(line.contains("attached to"), "first run: {line}");
+    let ids_before = program_ids(lab);
+    let server = TcpServer::spawn(lab, OUT, out_tcp, 1, tcp::verify_stream);
+
+    thread::scope(|scope| {
+        let client = scope.spawn(|| {
+            let mut stream = tcp::connect(lab, &container(1), None, out_tcp)?;
+            tcp::send_stream(&mut stream, transfer.seed, transfer.bytes)
+        });
+        let tcp_flow = || {
+            flows(lab).into_iter().find(|f| {
+                f["proto"] == "tcp" && port_of(&f["dst"]) == Some(u64::from(transfer.port))
+            })
+        };
+        let bytes = |flow: &Value| flow["original_dir"]["bytes"].as_u64().unwrap_or(0);
+        let before = eventually(
+            &format!("the transfer's flow carries {} bytes", transfer.kill_after),
+            transfer.kill_within,
+            || tcp_flow().filter(|f| bytes(f) > transfer.kill_after),
+            || format!("flows: {:?}\n{}", flows(lab), first.output()),
+        );
+
+        let killed = Instant::now();
+        first.kill();
+        let (second, line) = Daemon::start(lab, &[]);
+        eprintln!(
+            "SIGKILLed after {} bytes; the new run took {:.1?} to start",
+            bytes(&before),
+            killed.elapsed()
+        );
+        assert!(
+            line.contains("adopted"),
+            "the second run should adopt the pinned datapath: {line}"
+        );
+        assert!(
+            !client.is_finished(),
+            "the transfer ended before the new run adopted the datapath: the test proves nothing (shaping too weak?)"
+        );
+        let after = tcp_flow().unwrap_or_else(|| {
+            panic!(
+                "the transfer's flow is gone after the restart: {:?}",
+                flows(lab)
+            )
+        });
+        assert_eq!(
+            after["translated"], before["translated"],
+            "the flow's translation changed across the restart"
+        );
+        assert!(
+            bytes(&after) >= bytes(&before),
+            "the flow's counters went back: before {before}, after {after}"
+        );
+
+        let check = client
+            .join()
+            .expect("client thread")
+            .unwrap_or_else(|e| panic!("the transfer failed: {e}\n{}", second.output()));
+        eprintln!("the transfer ended {:.1?} after the kill", killed.elapsed());
+        assert!(check.intact(), "client: {check:?}");
+    });
+
+    let served = server.join();
+    assert_eq!(served.len(), 1, "the server handled {served:?}");
+    let check = served[0]
+        .result
+        .as_ref()
+        .unwrap_or_else(|e| panic!("server side of the transfer failed: {e}"));
+    assert!(check.intact(), "the server received {check:?}");
+    assert_eq!(
+        *served[0].peer.ip(),
+        HOST_UPLINK_ADDR,
+        "server saw {served:?}"
+    );
+    let ids_after = program_ids(lab);
+    assert_eq!(ids_after.len(), 3, "status shows {ids_after:?}");
+    assert!(
+        ids_after.iter().all(|id| !ids_before.contains(id)),
+        "adopting should swap new programs into the links: before {ids_before:?}, after {ids_after:?}"
+    );
 }

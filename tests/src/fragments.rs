@@ -2,12 +2,25 @@
 //! node, with scapy over a raw socket (the kernel sends fragments it is
 //! handed as they are): how the tests make fragments arrive out of order.
 
-use std::{net::SocketAddrV4, time::Duration};
+use std::{
+    net::{SocketAddr, SocketAddrV4},
+    time::Duration,
+};
 
-use crate::{lab::Lab, process};
+use crate::{
+    Datapath, echo,
+    lab::Lab,
+    process,
+    topology::{HOST_UPLINK_ADDR, container, container_addr},
+    udp::{self, UdpEchoServer},
+};
 
 /// Payload bytes per fragment: what fits a 1500-byte MTU.
 pub const FRAGMENT_PAYLOAD: usize = 1480;
+
+/// How long sending may take: starting Python and importing scapy takes
+/// over a minute in a software-emulated VM with a cold page cache.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Which fragments of the datagram are sent, in which order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,12 +88,57 @@ pub fn send(lab: &Lab, node: &str, datagram: &Datagram, order: Order) -> usize {
         FRAGMENT_PAYLOAD.to_string(),
         hex,
     ];
-    let out = lab.exec(node, &args);
+    let out = lab.exec_within(node, &args, SEND_TIMEOUT);
     process::success(&out).unwrap_or_else(|e| panic!("sending fragments from {node}: {e}"));
     let sent = String::from_utf8_lossy(&out.stdout);
     sent.trim()
         .parse()
         .unwrap_or_else(|_| panic!("scapy printed {sent:?}, not a fragment count"))
+}
+
+/// Sends `payload` from a socket of c1 to the echo `server` (tagged `out`)
+/// as fragments, the first one last, and asserts that the echo comes back
+/// whole within `wait` and that the server got the whole datagram, only from
+/// the NAT address (a fragment with a pod source never reassembles with the
+/// others). Returns how many fragments were sent.
+pub fn assert_first_last_from_c1_is_echoed(
+    lab: &Lab,
+    dp: &Datapath<'_>,
+    server: UdpEchoServer,
+    payload: &[u8],
+    wait: Duration,
+) -> usize {
+    // A socket that receives the echo of what scapy sends from its port.
+    let socket =
+        udp::bind(lab, &container(1), SocketAddrV4::new(container_addr(1), 0)).expect("bind in c1");
+    let SocketAddr::V4(local) = socket.local_addr().expect("local address") else {
+        unreachable!("bound to IPv4")
+    };
+    let datagram = Datagram {
+        from: local,
+        to: server.addr(),
+        ip_id: 0x5151,
+        payload,
+    };
+    let sent = send(lab, &container(1), &datagram, Order::FirstLast);
+    let (answer, from) = udp::receive(&socket, wait).unwrap_or_else(|| {
+        panic!(
+            "no echo: the peer never got the whole datagram\nserver saw: {:?}\n{}",
+            udp::peers(&server.requests()),
+            dp.diagnostics()
+        )
+    });
+    assert_eq!(from, SocketAddr::V4(server.addr()));
+    assert!(answer == echo::reply("out", payload), "the echo differs");
+    let requests = server.stop();
+    assert!(
+        requests
+            .iter()
+            .all(|r| *r.peer.ip() == HOST_UPLINK_ADDR && r.payload == payload),
+        "a fragment left with a pod source, or the datagram arrived changed: {:?}",
+        udp::peers(&requests)
+    );
+    sent
 }
 
 /// How long a test waits for a datagram that must (not) arrive.

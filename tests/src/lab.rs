@@ -6,13 +6,14 @@ use std::{
     path::{Path, PathBuf},
     process::Output,
     thread,
+    time::Duration,
 };
 
 use bpfmasq::netns::NetNs;
 
 use crate::{
     netns::run_in,
-    product::{self, bpfmasq, try_bpfmasq},
+    product::{self, bpfmasq, bpfmasq_within, try_bpfmasq},
     topology::{FAR, HOST, OUT, UPLINK, container},
 };
 
@@ -107,12 +108,36 @@ impl Lab {
 
     /// `bpfmasq lab exec --name NAME NODE -- ARGS...`; the exit status is left to the caller.
     pub fn exec<S: AsRef<OsStr>>(&self, node: &str, args: &[S]) -> Output {
+        self.exec_within(node, args, product::COMMAND_TIMEOUT)
+    }
+
+    /// Like [`Lab::exec`], for a command that may take up to `timeout`.
+    pub fn exec_within<S: AsRef<OsStr>>(
+        &self,
+        node: &str,
+        args: &[S],
+        timeout: Duration,
+    ) -> Output {
         let mut full: Vec<&OsStr> = ["lab", "exec", "--name", &self.name, node, "--"]
             .into_iter()
             .map(OsStr::new)
             .collect();
         full.extend(args.iter().map(AsRef::as_ref));
-        bpfmasq(full)
+        bpfmasq_within(full, timeout)
+    }
+
+    /// Like [`Lab::exec`], but panics with the command's output unless it
+    /// succeeds; returns its standard output.
+    pub fn exec_ok(&self, node: &str, args: &[&str]) -> String {
+        let out = self.exec(node, args);
+        assert!(
+            out.status.success(),
+            "`{}` in {} failed: {}",
+            args.join(" "),
+            self.ns(node),
+            crate::process::describe(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// The lab's namespaces that currently exist.

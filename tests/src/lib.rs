@@ -31,9 +31,13 @@
 //! - [`frame`]: hand-built (and deliberately broken) Ethernet + IPv4 frames, and reading them back;
 //! - [`inject`]: sending such frames out of a lab interface with an AF_PACKET socket;
 //! - [`snmp`]: the kernel's own IP counters of a lab node;
-//! - [`daemon_support`]: `bpfmasq run` as a guarded child process, polling with a deadline;
-//! - [`netfilter`]: looking for NAT rules in a namespace.
+//! - [`daemon_support`]: `bpfmasq run` as a guarded child process, polling with a deadline,
+//!   the SIGKILL-mid-transfer restart scenario;
+//! - [`netfilter`]: looking for NAT rules in a namespace;
+//! - [`kernel`]: the running kernel's release and the attach mode it gets;
+//! - [`attachments`]: what a datapath has in a lab's host (pins, tcx programs, tc filters, qdiscs).
 
+pub mod attachments;
 pub mod capture;
 pub mod daemon_support;
 pub mod datapath;
@@ -42,6 +46,7 @@ pub mod fragments;
 pub mod frame;
 pub mod icmp;
 pub mod inject;
+pub mod kernel;
 pub mod lab;
 pub mod netfilter;
 pub mod netns;

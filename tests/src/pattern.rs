@@ -18,6 +18,13 @@ pub fn fill(seed: u64, offset: u64, buf: &mut [u8]) {
     }
 }
 
+/// The first `len` bytes of the stream for `seed`.
+pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut bytes = vec![0; len];
+    fill(seed, 0, &mut bytes);
+    bytes
+}
+
 /// The offset of the first byte of `data` that differs from the stream for
 /// `seed` at `offset`, or `None` if all match. `scratch` is reused between calls.
 pub fn first_mismatch(seed: u64, offset: u64, data: &[u8], scratch: &mut Vec<u8>) -> Option<u64> {

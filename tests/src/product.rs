@@ -53,7 +53,16 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    process::run(Command::new(bin()).args(args), COMMAND_TIMEOUT)
+    bpfmasq_within(args, COMMAND_TIMEOUT)
+}
+
+/// Like [`bpfmasq`], with `timeout` instead of [`COMMAND_TIMEOUT`].
+pub fn bpfmasq_within<I, S>(args: I, timeout: Duration) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    process::run(Command::new(bin()).args(args), timeout)
 }
 
 /// Like [`bpfmasq`], but for drop guards: never panics, returns a description of any failure.

@@ -15,7 +15,7 @@ use std::{
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::{context, echo, lab::Lab, pattern};
+use crate::{Datapath, context, echo, lab::Lab, pattern};
 
 /// How long a client waits for the handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -251,6 +251,63 @@ pub fn send_stream(stream: &mut TcpStream, seed: u64, len: u64) -> io::Result<St
         received,
         first_mismatch: (mismatch != NO_MISMATCH).then_some(mismatch),
     })
+}
+
+/// What a [`transfer_checked`] saw: the client's own address and the
+/// source the server saw the connection come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transferred {
+    pub client: SocketAddrV4,
+    pub seen_by_server: SocketAddrV4,
+}
+
+/// Sends `len` bytes of the stream for `seed` from `node` to a
+/// [`verify_stream`] server started on `dst` in `server_node`, and asserts
+/// that the server handled that one connection and that both ends agree
+/// every byte arrived in order (with `dp`'s diagnostics otherwise).
+pub fn transfer_checked(
+    lab: &Lab,
+    dp: &Datapath<'_>,
+    node: &str,
+    (server_node, dst): (&str, SocketAddrV4),
+    seed: u64,
+    len: u64,
+) -> Transferred {
+    let server = TcpServer::spawn(lab, server_node, dst, 1, verify_stream);
+    let (client, check) = connect(lab, node, None, dst)
+        .and_then(|mut stream| {
+            let client = v4(stream.local_addr()?);
+            Ok((client, send_stream(&mut stream, seed, len)?))
+        })
+        .unwrap_or_else(|e| panic!("TCP transfer from {node}: {e}\n{}", dp.diagnostics()));
+    assert!(
+        check.intact(),
+        "the peer received {} of {} bytes from {node}, first differing byte at {:?}\n{}",
+        check.received,
+        check.expected,
+        check.first_mismatch,
+        dp.diagnostics()
+    );
+    let served = server.join();
+    let [conn] = served.as_slice() else {
+        panic!(
+            "the server on {dst} handled {} connections, expected 1: {served:?}",
+            served.len()
+        )
+    };
+    let seen = conn
+        .result
+        .as_ref()
+        .unwrap_or_else(|e| panic!("the server's side of the transfer from {node}: {e}"));
+    assert!(
+        seen.intact(),
+        "the server's view of the stream from {}: {seen:?}",
+        conn.peer
+    );
+    Transferred {
+        client,
+        seen_by_server: conn.peer,
+    }
 }
 
 /// Server handler factory: reads the request until the client shuts down

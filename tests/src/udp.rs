@@ -14,7 +14,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{context, echo, lab::Lab};
+use crate::{
+    Datapath, context, echo,
+    lab::Lab,
+    topology::{container, container_addr},
+};
 
 /// How long one attempt waits for the answer.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
@@ -225,16 +229,27 @@ pub fn bind(lab: &Lab, node: &str, addr: SocketAddrV4) -> io::Result<UdpSocket> 
 /// from `dst`, resending up to [`ATTEMPTS`] times, [`REPLY_TIMEOUT`] each.
 /// Fails with [`io::ErrorKind::TimedOut`] when nothing came back.
 pub fn request(socket: &UdpSocket, dst: SocketAddrV4, payload: &[u8]) -> io::Result<Vec<u8>> {
+    request_patiently(socket, dst, payload, ATTEMPTS, REPLY_TIMEOUT)
+}
+
+/// Like [`request`], with `attempts` attempts of `reply_timeout` each.
+pub fn request_patiently(
+    socket: &UdpSocket,
+    dst: SocketAddrV4,
+    payload: &[u8],
+    attempts: u32,
+    reply_timeout: Duration,
+) -> io::Result<Vec<u8>> {
     let local = socket
         .local_addr()
         .map_or_else(|_| "?".to_owned(), |a| a.to_string());
     let what = format!("UDP request {} from {local} to {dst}", echo::show(payload));
     let mut buf = vec![0; MAX_DATAGRAM];
-    for _ in 0..ATTEMPTS {
+    for _ in 0..attempts {
         socket
             .send_to(payload, dst)
             .map_err(|e| context(e, &what))?;
-        let deadline = Instant::now() + REPLY_TIMEOUT;
+        let deadline = Instant::now() + reply_timeout;
         while let Some(left) = deadline
             .checked_duration_since(Instant::now())
             .filter(|d| !d.is_zero())
@@ -260,8 +275,79 @@ pub fn request(socket: &UdpSocket, dst: SocketAddrV4, payload: &[u8]) -> io::Res
     }
     Err(io::Error::new(
         io::ErrorKind::TimedOut,
-        format!("{what}: no answer within {ATTEMPTS} attempts of {REPLY_TIMEOUT:?}"),
+        format!("{what}: no answer within {attempts} attempts of {reply_timeout:?}"),
     ))
+}
+
+/// The next datagram `socket` receives within `wait`, and its sender; `None`
+/// if none came.
+pub fn receive(socket: &UdpSocket, wait: Duration) -> Option<(Vec<u8>, SocketAddr)> {
+    socket.set_read_timeout(Some(wait)).expect("read timeout");
+    let mut buf = vec![0; MAX_DATAGRAM];
+    match socket.recv_from(&mut buf) {
+        Ok((n, from)) => Some((buf[..n].to_vec(), from)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        Err(e) => panic!("receiving: {e}"),
+    }
+}
+
+/// Asserts that a UDP socket of c1 connected to `closed` (a port nothing
+/// listens on) reports ECONNREFUSED within `attempts` sends, waiting `wait`
+/// after each: the peer's port-unreachable came back to c1 through the
+/// datapath's ICMP error translation. Panics with `dp`'s diagnostics otherwise.
+pub fn assert_c1_refused(
+    lab: &Lab,
+    dp: &Datapath<'_>,
+    closed: SocketAddrV4,
+    attempts: u32,
+    wait: Duration,
+) {
+    let node = container(1);
+    let socket =
+        bind(lab, &node, SocketAddrV4::new(container_addr(1), 0)).unwrap_or_else(|e| panic!("{e}"));
+    socket.connect(closed).expect("connect");
+    let refused = refused(&socket, attempts, wait).unwrap_or_else(|other| {
+        panic!(
+            "{node} expected ECONNREFUSED, got {other}\n{}",
+            dp.diagnostics()
+        )
+    });
+    assert!(
+        refused,
+        "{node} never saw ECONNREFUSED: the ICMP error did not come back\n{}",
+        dp.diagnostics()
+    );
+    // The error went through the datapath's ICMP translation.
+    dp.assert_counter_at_least("translated_icmp_error", 1);
+}
+
+/// Sends a datagram on the connected `socket` up to `attempts` times, each
+/// time waiting `wait` for the answer: `Ok(true)` once a receive fails with
+/// ECONNREFUSED (the port-unreachable the first send provoked came back, to
+/// be reported on the next socket call), `Ok(false)` if every wait passed
+/// quietly; anything else (an answer, another error) is returned as `Err`.
+fn refused(socket: &UdpSocket, attempts: u32, wait: Duration) -> Result<bool, String> {
+    socket.set_read_timeout(Some(wait)).expect("timeout");
+    for _ in 0..attempts {
+        let _ = socket.send(b"anyone there?");
+        match socket.recv(&mut [0u8; 64]) {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Ok(true),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            other => return Err(format!("{other:?}")),
+        }
+    }
+    Ok(false)
 }
 
 /// Binds in `node` and makes one [`request`].

@@ -13,7 +13,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::{SchedClassifier, TcAttachType};
 use bpfmasq::datapath::{
     flows::{monotonic_ns, snapshot},
     instance::Instance,
@@ -21,14 +20,16 @@ use bpfmasq::datapath::{
 };
 use bpfmasq_e2e::{
     Datapath, Lab,
+    attachments::Attachments,
     capture::Capture,
-    daemon_support::{DAEMON_TIMEOUT, Daemon, eventually, flows, host_json, run_args},
+    daemon_support::{
+        DAEMON_TIMEOUT, Daemon, ShapedTransfer, addr_of, eventually, flows, host_json, port_of,
+        run_args, sigkill_mid_transfer_then_adopt,
+    },
     datapath::counter,
     echo::{self, show},
-    process::describe,
     product::bpfmasq,
     refusal::assert_refused,
-    tcp::{self, TcpServer},
     topology::{HOST, HOST_UPLINK_ADDR, OUT, OUTSIDE_ADDR, UPLINK, container, container_addr},
     udp::{self, UdpEchoServer},
 };
@@ -42,10 +43,6 @@ const LOCK_ROOT: &str = "/run/bpfmasq";
 
 fn out_udp() -> SocketAddrV4 {
     SocketAddrV4::new(OUTSIDE_ADDR, UDP_PORT)
-}
-
-fn out_tcp() -> SocketAddrV4 {
-    SocketAddrV4::new(OUTSIDE_ADDR, TCP_PORT)
 }
 
 /// A UDP socket in c1 on any port.
@@ -75,25 +72,6 @@ fn assert_answered(socket: &UdpSocket, payload: &str, daemon: &Daemon, lab: &Lab
     );
 }
 
-/// Runs `args` in the lab's host namespace and asserts success.
-fn host_exec(lab: &Lab, args: &[&str]) {
-    let out = lab.exec(HOST, args);
-    assert!(
-        out.status.success(),
-        "`{}` in the host failed: {}",
-        args.join(" "),
-        describe(&out)
-    );
-}
-
-fn port_of(endpoint: &Value) -> Option<u64> {
-    endpoint["port"].as_u64()
-}
-
-fn addr_of(endpoint: &Value) -> Option<Ipv4Addr> {
-    endpoint["addr"].as_str()?.parse().ok()
-}
-
 /// The tracked flow whose pod side uses source port `port`.
 fn flow_from_port(flows: &[Value], port: u16) -> Option<&Value> {
     flows
@@ -101,107 +79,22 @@ fn flow_from_port(flows: &[Value], port: u16) -> Option<&Value> {
         .find(|f| port_of(&f["src"]) == Some(u64::from(port)))
 }
 
-/// Program ids of the datapath's hooks (uplink egress and ingress, bridge ingress), from `status --json`.
-fn program_ids(lab: &Lab) -> Vec<u64> {
-    let status = host_json(lab, &["status", "--json"]);
-    status["hooks"]
-        .as_array()
-        .map(|hooks| {
-            hooks
-                .iter()
-                .filter_map(|h| h["program_id"].as_u64())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn sigkill_mid_transfer_then_a_new_run_adopts_and_the_transfer_completes() {
-    const LEN: u64 = 200 * 1024 * 1024;
-    const SEED: u64 = 0x5eed_da3e;
     let lab = Lab::up("kill", 1);
     // 200 MB at 100 Mbit/s take about 16 s: the kill and the restart happen
     // while the transfer runs even on a loaded machine, where loading the
-    // programs again takes seconds (checked below, not assumed).
-    host_exec(
+    // programs again takes seconds (checked, not assumed).
+    sigkill_mid_transfer_then_adopt(
         &lab,
-        &[
-            "tc", "qdisc", "add", "dev", UPLINK, "root", "tbf", "rate", "100mbit", "burst",
-            "256kb", "latency", "200ms",
-        ],
-    );
-    let (mut first, line) = Daemon::start(&lab, &[]);
-    assert!(line.contains("attached to"), "first run: {line}");
-    let ids_before = program_ids(&lab);
-    let server = TcpServer::spawn(&lab, OUT, out_tcp(), 1, tcp::verify_stream);
-
-    thread::scope(|scope| {
-        let client = scope.spawn(|| {
-            let mut stream = tcp::connect(&lab, &container(1), None, out_tcp())?;
-            tcp::send_stream(&mut stream, SEED, LEN)
-        });
-        let tcp_flow = || {
-            flows(&lab)
-                .into_iter()
-                .find(|f| f["proto"] == "tcp" && port_of(&f["dst"]) == Some(u64::from(TCP_PORT)))
-        };
-        let bytes = |flow: &Value| flow["original_dir"]["bytes"].as_u64().unwrap_or(0);
-        let before = eventually(
-            "the transfer's flow carries 10 MB",
-            Duration::from_secs(30),
-            || tcp_flow().filter(|f| bytes(f) > 10 << 20),
-            || format!("flows: {:?}\n{}", flows(&lab), first.output()),
-        );
-
-        first.kill();
-        let (second, line) = Daemon::start(&lab, &[]);
-        assert!(
-            line.contains("adopted"),
-            "the second run should adopt the pinned datapath: {line}"
-        );
-        assert!(
-            !client.is_finished(),
-            "the transfer ended before the new run adopted the datapath: the test proves nothing (shaping too weak?)"
-        );
-        let after = tcp_flow().unwrap_or_else(|| {
-            panic!(
-                "the transfer's flow is gone after the restart: {:?}",
-                flows(&lab)
-            )
-        });
-        assert_eq!(
-            after["translated"], before["translated"],
-            "the flow's translation changed across the restart"
-        );
-        assert!(
-            bytes(&after) >= bytes(&before),
-            "the flow's counters went back: before {before}, after {after}"
-        );
-
-        let check = client
-            .join()
-            .expect("client thread")
-            .unwrap_or_else(|e| panic!("the transfer failed: {e}\n{}", second.output()));
-        assert!(check.intact(), "client: {check:?}");
-    });
-
-    let served = server.join();
-    assert_eq!(served.len(), 1, "the server handled {served:?}");
-    let check = served[0]
-        .result
-        .as_ref()
-        .unwrap_or_else(|e| panic!("server side of the transfer failed: {e}"));
-    assert!(check.intact(), "the server received {check:?}");
-    assert_eq!(
-        *served[0].peer.ip(),
-        HOST_UPLINK_ADDR,
-        "server saw {served:?}"
-    );
-    let ids_after = program_ids(&lab);
-    assert_eq!(ids_after.len(), 3, "status shows {ids_after:?}");
-    assert!(
-        ids_after.iter().all(|id| !ids_before.contains(id)),
-        "adopting should swap new programs into the links: before {ids_before:?}, after {ids_after:?}"
+        &ShapedTransfer {
+            bytes: 200 * 1024 * 1024,
+            seed: 0x5eed_da3e,
+            port: TCP_PORT,
+            rate: "100mbit",
+            kill_after: 10 << 20,
+            kill_within: Duration::from_secs(30),
+        },
     );
 }
 
@@ -389,16 +282,16 @@ fn masquerade_follows_the_uplink_address() {
 
     // The new address comes in as a secondary of the same subnet; promoted
     // when the old primary goes, instead of going with it.
-    host_exec(
-        &lab,
+    lab.exec_ok(
+        HOST,
         &[
             "sysctl",
             "-qw",
             &format!("net.ipv4.conf.{UPLINK}.promote_secondaries=1"),
         ],
     );
-    host_exec(
-        &lab,
+    lab.exec_ok(
+        HOST,
         &[
             "ip",
             "addr",
@@ -408,8 +301,8 @@ fn masquerade_follows_the_uplink_address() {
             UPLINK,
         ],
     );
-    host_exec(
-        &lab,
+    lab.exec_ok(
+        HOST,
         &[
             "ip",
             "addr",
@@ -475,35 +368,10 @@ fn detach_on_exit_leaves_nothing(id: &str, link_type: &str) {
         daemon.output()
     );
 
-    let host_pins = Path::new(bpfmasq_e2e::lab::PIN_ROOT).join(lab.host_ns());
+    let left = Attachments::of(&lab);
     assert!(
-        bpfmasq_e2e::lab::files_under(&host_pins).is_empty() && !lab.pins_dir().exists(),
-        "pins left behind in {}: {:?}",
-        host_pins.display(),
-        bpfmasq_e2e::lab::files_under(&host_pins)
-    );
-    for attach_type in [TcAttachType::Ingress, TcAttachType::Egress] {
-        let programs = lab
-            .run_in(HOST, || SchedClassifier::query_tcx(UPLINK, attach_type))
-            .unwrap_or_else(|e| panic!("querying tcx programs on {UPLINK}: {e}"))
-            .1;
-        assert!(
-            programs.is_empty(),
-            "{} tcx program(s) left on {UPLINK} ({attach_type:?})",
-            programs.len()
-        );
-    }
-    let qdiscs = lab.exec(HOST, &["tc", "qdisc", "show", "dev", UPLINK]);
-    let qdiscs = String::from_utf8_lossy(&qdiscs.stdout);
-    assert!(
-        !qdiscs.contains("clsact"),
-        "a clsact qdisc (and so perhaps filters) is left on {UPLINK}: {qdiscs}"
-    );
-    let status = bpfmasq(["--netns", &lab.host_ns(), "status"]);
-    assert!(
-        !status.status.success(),
-        "`status` still finds a datapath: {}",
-        describe(&status)
+        left.is_empty(),
+        "the daemon's detach left something behind:\n{left}"
     );
     let lock = Path::new(LOCK_ROOT).join(lab.host_ns());
     assert!(!lock.exists(), "{} is left behind", lock.display());

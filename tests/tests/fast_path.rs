@@ -7,11 +7,11 @@
 use std::net::SocketAddrV4;
 
 use bpfmasq_e2e::{
-    Datapath, Lab,
+    Datapath, Lab, attachments,
     daemon_support::{Daemon, host_json},
     icmp::{self, ping},
     process::describe,
-    tcp::{self, TcpServer},
+    tcp,
     topology::{BRIDGE, HOST, HOST_UPLINK_ADDR, OUT, OUTSIDE_ADDR, UPLINK, container},
 };
 
@@ -26,15 +26,7 @@ const SMALL_MTU: &str = "1000";
 
 /// Runs `args` in the lab host, asserting success.
 fn host(lab: &Lab, args: &[&str]) -> String {
-    let out = lab.exec(HOST, args);
-    assert!(
-        out.status.success(),
-        "`{}` in {} failed: {}",
-        args.join(" "),
-        lab.host_ns(),
-        describe(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    lab.exec_ok(HOST, args)
 }
 
 /// Counts every packet the lab host's netfilter forward hook sees, in a
@@ -89,23 +81,18 @@ fn fast_path_status(lab: &Lab) -> bool {
 /// seen by the peer from the NAT address.
 fn transfer(lab: &Lab, dp: &Datapath<'_>) {
     let addr = SocketAddrV4::new(OUTSIDE_ADDR, TCP_PORT);
-    let server = TcpServer::spawn(lab, OUT, addr, 1, tcp::verify_stream);
-    let check = tcp::connect(lab, &container(1), None, addr)
-        .and_then(|mut stream| tcp::send_stream(&mut stream, 0x6661_7374, TRANSFER_BYTES))
-        .unwrap_or_else(|e| panic!("TCP transfer from c1: {e}\n{}", dp.diagnostics()));
-    assert!(
-        check.intact(),
-        "the outside peer received {} of {} bytes, first differing byte at {:?}\n{}",
-        check.received,
-        check.expected,
-        check.first_mismatch,
-        dp.diagnostics()
+    let seen = tcp::transfer_checked(
+        lab,
+        dp,
+        &container(1),
+        (OUT, addr),
+        0x6661_7374,
+        TRANSFER_BYTES,
     );
-    let served = server.join();
     assert!(
-        served.iter().all(|s| *s.peer.ip() == HOST_UPLINK_ADDR),
+        *seen.seen_by_server.ip() == HOST_UPLINK_ADDR,
         "the outside peer saw {:?}",
-        served.iter().map(|s| s.peer).collect::<Vec<_>>()
+        seen.seen_by_server
     );
 }
 
@@ -196,7 +183,7 @@ fn with_the_fast_path_off_the_host_forwards_everything_and_detach_leaves_nothing
 
     dp.detach();
     for iface in [BRIDGE, UPLINK] {
-        let qdiscs = host(&lab, &["tc", "qdisc", "show", "dev", iface]);
+        let qdiscs = attachments::qdiscs(&lab, iface);
         assert!(
             !qdiscs.contains("clsact"),
             "detach left a clsact qdisc on {iface}: {qdiscs}"

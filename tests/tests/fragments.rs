@@ -4,7 +4,6 @@
 //! for the host itself still reaches the host.
 
 use std::{
-    io::ErrorKind,
     net::{SocketAddr, SocketAddrV4, UdpSocket},
     thread,
     time::Duration,
@@ -30,12 +29,6 @@ const DATAGRAM_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most fragments held for one datagram (`MAX_PARKED_PER_DATAGRAM`).
 const MAX_PARKED_PER_DATAGRAM: u64 = 16;
 
-fn payload(seed: u64, len: usize) -> Vec<u8> {
-    let mut bytes = vec![0; len];
-    pattern::fill(seed, 0, &mut bytes);
-    bytes
-}
-
 fn server(lab: &Lab) -> UdpEchoServer {
     UdpEchoServer::spawn(
         lab,
@@ -51,15 +44,7 @@ fn server_addr() -> SocketAddrV4 {
 
 /// The next datagram `socket` receives within [`RECEIVE_WAIT`], if any.
 fn receive(socket: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
-    socket
-        .set_read_timeout(Some(RECEIVE_WAIT))
-        .expect("read timeout");
-    let mut buf = vec![0; 65_536];
-    match socket.recv_from(&mut buf) {
-        Ok((n, from)) => Some((buf[..n].to_vec(), from)),
-        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
-        Err(e) => panic!("receiving: {e}"),
-    }
+    udp::receive(socket, RECEIVE_WAIT)
 }
 
 /// A socket in c1 with a flow through the NAT to the echo server; returns
@@ -80,7 +65,7 @@ fn large_datagrams_cross_both_ways_in_order() {
     let server = server(&lab);
     let socket = udp::bind(&lab, &container(1), SocketAddrV4::new(container_addr(1), 0))
         .expect("bind in c1");
-    let request = payload(1, LARGE);
+    let request = pattern::bytes(1, LARGE);
     let answer = udp::request(&socket, server.addr(), &request).unwrap_or_else(|e| {
         panic!(
             "an {LARGE}-byte datagram round trip failed: {e}\n{}",
@@ -109,40 +94,10 @@ fn a_container_datagram_whose_first_fragment_leaves_last_arrives_intact() {
     let lab = Lab::up("frag-out", 1);
     let dp = Datapath::attach(&lab);
     let server = server(&lab);
-    // A socket that receives the echo of what scapy sends from its port.
-    let socket = udp::bind(&lab, &container(1), SocketAddrV4::new(container_addr(1), 0))
-        .expect("bind in c1");
-    let SocketAddr::V4(local) = socket.local_addr().expect("local address") else {
-        unreachable!("bound to IPv4")
-    };
-    let request = payload(2, LARGE);
-    let sent = fragments::send(
-        &lab,
-        &container(1),
-        &Datagram {
-            from: local,
-            to: server_addr(),
-            ip_id: 0x5151,
-            payload: &request,
-        },
-        Order::FirstLast,
-    );
+    let request = pattern::bytes(2, LARGE);
+    let sent =
+        fragments::assert_first_last_from_c1_is_echoed(&lab, &dp, server, &request, RECEIVE_WAIT);
     assert_eq!(sent, (UDP_HEADER + LARGE).div_ceil(FRAGMENT_PAYLOAD));
-    let (answer, from) = receive(&socket).unwrap_or_else(|| {
-        panic!(
-            "no echo: the peer never got the whole datagram\nserver saw: {:?}\n{}",
-            udp::peers(&server.requests()),
-            dp.diagnostics()
-        )
-    });
-    assert_eq!(from, SocketAddr::V4(server_addr()));
-    assert!(answer == echo::reply("out", &request), "the echo differs");
-    let requests = server.stop();
-    assert!(
-        requests.iter().all(|r| *r.peer.ip() == HOST_UPLINK_ADDR),
-        "a fragment left with a pod source: {:?}",
-        udp::peers(&requests)
-    );
 }
 
 #[test]
@@ -151,7 +106,7 @@ fn an_answer_whose_first_fragment_arrives_last_reaches_the_container_intact() {
     let dp = Datapath::attach(&lab);
     let server = server(&lab);
     let (socket, nat_side) = flow_to_server(&lab, &server);
-    let answer = payload(3, LARGE);
+    let answer = pattern::bytes(3, LARGE);
     let sent = fragments::send(
         &lab,
         OUT,
@@ -183,7 +138,7 @@ fn held_fragments_are_bounded_and_expire() {
     let server = server(&lab);
     let (socket, nat_side) = flow_to_server(&lab, &server);
     // Twenty later fragments whose first fragment is not sent yet.
-    let answer = payload(4, 21 * FRAGMENT_PAYLOAD - UDP_HEADER);
+    let answer = pattern::bytes(4, 21 * FRAGMENT_PAYLOAD - UDP_HEADER);
     let datagram = Datagram {
         from: server_addr(),
         to: nat_side,
@@ -220,7 +175,7 @@ fn a_fragmented_datagram_for_the_host_itself_still_reaches_the_host() {
     let dp = Datapath::attach(&lab);
     let host_socket =
         udp::bind(&lab, HOST, SocketAddrV4::new(HOST_UPLINK_ADDR, 5400)).expect("bind in the host");
-    let message = payload(5, LARGE);
+    let message = pattern::bytes(5, LARGE);
     fragments::send(
         &lab,
         OUT,

@@ -1,11 +1,11 @@
 //! ICMP errors for masqueraded flows reach the container they concern: a
 //! UDP send to a closed port of the outside peer is refused, as without NAT.
 
-use std::{io::ErrorKind, net::SocketAddrV4, time::Duration};
+use std::{net::SocketAddrV4, time::Duration};
 
 use bpfmasq_e2e::{
     Datapath, Lab, icmp,
-    topology::{OUTSIDE_ADDR, container, container_addr},
+    topology::{OUTSIDE_ADDR, container},
     udp,
 };
 
@@ -16,38 +16,10 @@ const CLOSED_PORT: u16 = 9;
 fn udp_to_a_closed_port_is_refused_inside_the_container() {
     let lab = Lab::up("icmperr", 1);
     let dp = Datapath::attach(&lab);
-    let socket = udp::bind(&lab, &container(1), SocketAddrV4::new(container_addr(1), 0))
-        .expect("bind in c1");
-    socket
-        .connect(SocketAddrV4::new(OUTSIDE_ADDR, CLOSED_PORT))
-        .expect("connect");
-    socket
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .expect("timeout");
     // The first send provokes the port-unreachable; the refusal is reported
     // on the next socket call once the translated error reached c1.
-    let mut refused = false;
-    for _ in 0..3 {
-        let _ = socket.send(b"anyone there?");
-        match socket.recv(&mut [0u8; 64]) {
-            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
-                refused = true;
-                break;
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
-            other => panic!(
-                "c1 expected ECONNREFUSED, got {other:?}\n{}",
-                dp.diagnostics()
-            ),
-        }
-    }
-    assert!(
-        refused,
-        "c1 never saw ECONNREFUSED: the ICMP error did not come back\n{}",
-        dp.diagnostics()
-    );
-    // The error went through the datapath's ICMP translation.
-    dp.assert_counter_at_least("translated_icmp_error", 1);
+    let closed = SocketAddrV4::new(OUTSIDE_ADDR, CLOSED_PORT);
+    udp::assert_c1_refused(&lab, &dp, closed, 3, Duration::from_secs(2));
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! The datapath's lifecycle seen from the wire and from the CLI: detach
-//! brings the book's failure back, the clsact link type cleans up after
+//! brings the unmasqueraded failure back (ARCHITECTURE.md, "The lab"), the clsact link type cleans up after
 //! itself, refused commands fail in one line and leave nothing attached,
 //! and the lab itself goes away completely.
 
@@ -7,7 +7,7 @@ use std::{io, net::SocketAddrV4, path::Path};
 
 use bpfmasq::netns::NetNs;
 use bpfmasq_e2e::{
-    Datapath, Lab,
+    Datapath, Lab, attachments,
     datapath::{attach_args, try_attach},
     echo::{self, show},
     icmp::ping,
@@ -16,9 +16,7 @@ use bpfmasq_e2e::{
     product::bpfmasq,
     refusal::assert_refused,
     tcp::{self, TcpServer},
-    topology::{
-        BRIDGE, HOST, HOST_UPLINK_ADDR, OUT, OUTSIDE_ADDR, UPLINK, container, container_addr,
-    },
+    topology::{BRIDGE, HOST_UPLINK_ADDR, OUT, OUTSIDE_ADDR, UPLINK, container, container_addr},
     udp::{self, UdpEchoServer},
 };
 
@@ -68,19 +66,8 @@ fn assert_udp_answer(lab: &Lab, dp: &Datapath<'_>, when: &str) {
     );
 }
 
-/// `tc qdisc show dev eth0` in the host.
-fn host_qdiscs(lab: &Lab) -> String {
-    let out = lab.exec(HOST, &["tc", "qdisc", "show", "dev", UPLINK]);
-    assert!(
-        out.status.success(),
-        "`tc qdisc show dev {UPLINK}` in the host failed: {}",
-        describe(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
-fn detach_brings_back_the_books_failure() {
+fn detach_brings_back_the_unmasqueraded_failure() {
     let lab = Lab::up("detach", 1);
     let server = UdpEchoServer::spawn(&lab, OUT, out_udp(), "out");
     assert_no_udp_answer(&lab, "before attach");
@@ -145,7 +132,7 @@ fn detach_brings_back_the_books_failure() {
 fn clsact_link_type_works_and_detach_removes_the_qdisc() {
     let lab = Lab::up("clsact", 1);
     let dp = Datapath::attach_with(&lab, &["--link-type", "clsact"]);
-    let qdiscs = host_qdiscs(&lab);
+    let qdiscs = attachments::qdiscs(&lab, UPLINK);
     assert!(
         qdiscs.contains("clsact"),
         "attach --link-type clsact created no clsact qdisc on {UPLINK}: {qdiscs}"
@@ -173,7 +160,7 @@ fn clsact_link_type_works_and_detach_removes_the_qdisc() {
     );
 
     dp.detach();
-    let qdiscs = host_qdiscs(&lab);
+    let qdiscs = attachments::qdiscs(&lab, UPLINK);
     assert!(
         !qdiscs.contains("clsact"),
         "detach left a clsact qdisc on {UPLINK}: {qdiscs}"
@@ -240,7 +227,7 @@ fn bad_input_is_refused_in_one_line_and_attaches_nothing() {
         pinned.is_empty(),
         "refused attaches left pins behind: {pinned:?}"
     );
-    let qdiscs = host_qdiscs(&lab);
+    let qdiscs = attachments::qdiscs(&lab, UPLINK);
     assert!(
         !qdiscs.contains("clsact"),
         "refused attaches left a clsact qdisc on {UPLINK}: {qdiscs}"

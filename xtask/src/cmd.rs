@@ -3,7 +3,10 @@
 //! and with errors that name the command that failed.
 
 use std::{
+    env,
     ffi::{OsStr, OsString},
+    fs::File,
+    os::unix::process::CommandExt as _,
     path::Path,
     process::{Child, Command, ExitStatus, Output, Stdio},
 };
@@ -52,6 +55,16 @@ impl Cmd {
         let value = value.as_ref();
         self.command.env(key, value);
         self.line = format!("{key}={} {}", quote(value), self.line);
+        self
+    }
+
+    /// Puts `dir` in front of the child's PATH; shown as `PATH=DIR:$PATH`.
+    pub fn prepend_path(mut self, dir: &Path) -> Self {
+        let dirs = std::iter::once(dir.to_owned()).chain(env::split_paths(workspace::child_path()));
+        if let Ok(path) = env::join_paths(dirs) {
+            self.command.env("PATH", path);
+        }
+        self.line = format!("PATH={}:$PATH {}", quote(dir.as_os_str()), self.line);
         self
     }
 
@@ -104,6 +117,37 @@ impl Cmd {
         String::from_utf8(output.stdout).with_context(|| format!("`{line}` printed non-UTF-8"))
     }
 
+    /// Echoes and runs the command, its stderr shown as it comes (e.g. cargo's
+    /// progress); returns its stdout; fails unless it exits 0.
+    pub fn read_echoed(mut self) -> Result<String> {
+        ui::command(&self.line);
+        let output = self
+            .command
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .with_context(|| format!("cannot run `{}`", self.line))?;
+        check(&self.line, output.status)?;
+        String::from_utf8(output.stdout)
+            .with_context(|| format!("`{}` printed non-UTF-8", self.line))
+    }
+
+    /// Echoes and starts the command in a process group of its own, stdin
+    /// from /dev/null, stdout and stderr into `log`: the caller ends it and
+    /// whatever it started by signalling the group (a terminal's Ctrl-C does
+    /// not reach it).
+    pub fn spawn_group(mut self, log: &File) -> Result<Child> {
+        ui::command(&format!("{} &", self.line));
+        let stderr = log.try_clone().context("duplicating the log file")?;
+        self.command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("duplicating the log file")?)
+            .stderr(stderr)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot run `{}`", self.line))
+    }
+
     /// Echoes and starts the command in the background, with a piped stdin
     /// and stdout (stderr inherited).
     pub fn spawn_piped(mut self) -> Result<Child> {
@@ -139,7 +183,7 @@ fn short_program(program: &OsStr) -> OsString {
 
 /// Quotes `arg` for display the way a POSIX shell would need it; multi-line
 /// arguments (inline scripts) are abbreviated.
-fn quote(arg: &OsStr) -> String {
+pub fn quote(arg: &OsStr) -> String {
     let arg = arg.to_string_lossy();
     if arg.contains('\n') {
         return format!("<{}-line script>", arg.lines().count());

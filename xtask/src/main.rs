@@ -1,7 +1,8 @@
 //! `cargo xtask`: everything around bpfmasq that is not bpfmasq itself.
 //!
 //! One module per concept: [`setup`] prepares the machine, [`build`] builds the
-//! binary, [`test`] runs every test, [`demo`] shows the datapath at work in a
+//! binary, [`test`] runs every test (and, through [`kernels`], the portability
+//! suite on Debian's kernels in VMs), [`demo`] shows the datapath at work in a
 //! throwaway lab, [`lint`] checks formatting and clippy. [`cmd`] runs commands
 //! and echoes them, [`ui`] prints the headings, [`workspace`] knows the paths.
 
@@ -9,6 +10,7 @@ mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod kernels;
 mod lint;
 mod setup;
 mod test;
@@ -41,19 +43,35 @@ enum Command {
     ///
     /// Checks, and installs only what is missing: the Debian packages the tests and the demo
     /// use (apt), rust-src for the nightly toolchain, bpf-linker built against the
-    /// nightly's own LLVM, and the BPF filesystem at /sys/fs/bpf. Installing packages and
-    /// mounting need root; the nightly toolchain itself must already be installed.
+    /// nightly's own LLVM, the BPF filesystem at /sys/fs/bpf, and what the kernel matrix
+    /// boots its VMs with (qemu-system-x86, kmod, busybox-static, python3-venv; virtme-ng
+    /// from PyPI in ~/.cache/bpfmasq/virtme-ng). Installing packages and mounting need root;
+    /// the nightly toolchain itself must already be installed. (build, demo, bench and lint
+    /// check all but the VM tools; the kernel matrix checks those when it runs.)
     Setup,
     /// Run setup, then build target/release/bpfmasq (with its eBPF object embedded).
     Build,
-    /// Run setup and build, then every test: unit tests and the end-to-end tests (needs root).
+    /// Run setup and build, then every test: unit and end-to-end tests, then the kernel
+    /// matrix (needs root).
     ///
     /// Runs `cargo test --release --workspace --exclude dataplane-ebpf` with BPFMASQ_BIN
-    /// pointing at the built binary. The end-to-end tests create and remove their own
-    /// network namespaces; they never touch the host's own network.
+    /// pointing at the built binary, the end-to-end tests with the fast path on, then off.
+    /// They create and remove their own network namespaces; they never touch the host's
+    /// own network.
     ///
-    /// Arguments are passed to `cargo test`, for example a test name filter, and after a
-    /// second `--` to the test harness: `cargo xtask test -- nat_ -- --nocapture`.
+    /// Then the kernel matrix: Debian's own kernels (5.10 from bullseye, 6.1 from bookworm,
+    /// 6.12 from trixie; the newest generic linux-image-*-amd64-unsigned of each, unpacked
+    /// in ~/.cache/bpfmasq/kernels, never installed) booted one after the other with
+    /// virtme-ng (KVM where it works, else TCG), each running `bpfmasq probe --json` and the
+    /// portability suite (tests/tests/portability.rs) with the fast path on, then off. Ends
+    /// with a table: tests per mode, minutes, and what verifying each program cost. About 5
+    /// minutes a kernel under TCG on 2 cores; a failed kernel's logs stay in
+    /// target/kernels-logs/<kernel>/.
+    ///
+    /// `--kernels` runs the matrix alone, `--host-only` skips it. Arguments are passed to
+    /// `cargo test`, for example a test name filter, and after a second `--` to the test
+    /// harness: `cargo xtask test -- nat_ -- --nocapture` (a selection runs on this machine
+    /// only, without the matrix).
     Test(test::TestArgs),
     /// Run setup and build, then show bpfmasq masquerading a lab's traffic (needs root).
     ///
@@ -75,7 +93,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Setup => setup::run(),
+        Command::Setup => setup::run_all(),
         Command::Build => build::run().map(drop),
         Command::Test(args) => test::run(&args),
         Command::Demo(args) => demo::run(&args),

@@ -7,6 +7,12 @@
 //! 3. `rust-src` for the nightly (`-Z build-std=core` needs it),
 //! 4. `bpf-linker`, built against the nightly's own libLLVM,
 //! 5. the BPF filesystem at /sys/fs/bpf (as root).
+//!
+//! The kernel matrix (`cargo xtask test --kernels`) needs more, which
+//! [`ensure_vm_tools`] installs only when the matrix runs (and `cargo xtask
+//! setup` installs with everything else): QEMU, kmod and busybox from Debian,
+//! and virtme-ng from PyPI in a venv of its own. `cargo xtask build`, `demo`
+//! and `lint` never need them.
 
 use std::{
     fs,
@@ -38,17 +44,27 @@ const PACKAGES: &[&str] = &[
     "sockperf",
 ];
 
+/// Debian packages the kernel matrix boots its guests with: QEMU, depmod
+/// (kmod) for the extracted kernels' modules, busybox for virtme-ng's
+/// initramfs, and python3-venv for virtme-ng's venv.
+const VM_PACKAGES: &[&str] = &["qemu-system-x86", "kmod", "busybox-static", "python3-venv"];
+
+/// The virtme-ng release the matrix was verified with; `vng --version` prints
+/// `virtme-ng 1.42`.
+const VIRTME_NG_VERSION: &str = "1.42";
+
 /// The bpf-linker release known to work with aya 0.14 and LLVM 21-23.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Where `bpffs` must be mounted.
 const BPFFS: &str = "/sys/fs/bpf";
 
+/// What building, the host's tests, the demo and the bench need.
 pub fn run() -> Result<()> {
     ui::section("setup: checking what building and testing bpfmasq need");
     let started = Instant::now();
     let nightly = Nightly::detect()?;
-    ensure_packages()?;
+    ensure_packages(PACKAGES)?;
     ensure_rust_src()?;
     ensure_bpf_linker(&nightly)?;
     ensure_bpffs()?;
@@ -57,6 +73,26 @@ pub fn run() -> Result<()> {
         started.elapsed().as_secs_f64()
     ));
     Ok(())
+}
+
+/// `cargo xtask setup`: everything, the kernel matrix's tools included.
+pub fn run_all() -> Result<()> {
+    run()?;
+    ensure_vm_tools().map(drop)
+}
+
+/// What the kernel matrix needs on top of [`run`]; returns the folder holding
+/// `vng` and `virtme-run` (vng runs the latter by name: put it on PATH).
+pub fn ensure_vm_tools() -> Result<PathBuf> {
+    ui::section("setup: checking what booting kernels with virtme-ng needs");
+    let started = Instant::now();
+    ensure_packages(VM_PACKAGES)?;
+    let bin_dir = ensure_virtme_ng()?;
+    ui::ok(&format!(
+        "VM tools ready ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(bin_dir)
 }
 
 /// The nightly toolchain (rustup's `nightly`), which builds the eBPF object.
@@ -100,16 +136,16 @@ fn nightly_cmd(tool: &str) -> Cmd {
     Cmd::new("rustup").args(["run", "nightly", tool])
 }
 
-fn ensure_packages() -> Result<()> {
-    ui::step(&format!("Debian packages: {}", PACKAGES.join(" ")));
+fn ensure_packages(packages: &[&'static str]) -> Result<()> {
+    ui::step(&format!("Debian packages: {}", packages.join(" ")));
     if !Path::new("/etc/debian_version").exists() {
         bail!(
             "this is not Debian (no /etc/debian_version): setup installs packages with apt only; \
              install the equivalents of {} by hand",
-            PACKAGES.join(" ")
+            packages.join(" ")
         );
     }
-    let missing = missing_packages()?;
+    let missing = missing_packages(packages)?;
     if missing.is_empty() {
         ui::ok("all installed");
         return Ok(());
@@ -130,7 +166,7 @@ fn ensure_packages() -> Result<()> {
         ]
         .concat(),
     )?;
-    let still_missing = missing_packages()?;
+    let still_missing = missing_packages(packages)?;
     if !still_missing.is_empty() {
         bail!("apt could not install {}", still_missing.join(" "));
     }
@@ -138,14 +174,14 @@ fn ensure_packages() -> Result<()> {
     Ok(())
 }
 
-fn missing_packages() -> Result<Vec<&'static str>> {
+fn missing_packages(packages: &[&'static str]) -> Result<Vec<&'static str>> {
     // dpkg-query exits 1 when a package is unknown, but still lists the others.
     let output = Cmd::new("dpkg-query")
         .args(["-W", "-f=${Package}\t${Status}\n"])
-        .args(PACKAGES)
+        .args(packages)
         .output()?;
     let listing = String::from_utf8_lossy(&output.stdout);
-    Ok(PACKAGES
+    Ok(packages
         .iter()
         .copied()
         .filter(|p| !is_installed(&listing, p))
@@ -159,6 +195,53 @@ fn apt_get(args: &[&str]) -> Result<()> {
         .args(["-q", "-o", "DPkg::Lock::Timeout=600"])
         .args(args)
         .run()
+}
+
+/// virtme-ng from PyPI, in a venv of its own under the cache folder (Debian's
+/// python3, whatever python3 comes first on PATH). Returns the venv's bin/.
+fn ensure_virtme_ng() -> Result<PathBuf> {
+    ui::step(&format!(
+        "virtme-ng {VIRTME_NG_VERSION} (PyPI, in its own venv)"
+    ));
+    let venv = workspace::cache_dir()?.join("virtme-ng");
+    let bin_dir = venv.join("bin");
+    match virtme_ng_version(&bin_dir) {
+        Some(have) if have == VIRTME_NG_VERSION => {
+            ui::ok(&format!("virtme-ng {have} in {}", venv.display()));
+            return Ok(bin_dir);
+        }
+        Some(have) => ui::note(&format!("virtme-ng {have} installed; replacing it")),
+        None => ui::note(&format!(
+            "not installed; installing it into {}",
+            venv.display()
+        )),
+    }
+    // --clear: a venv left by an older python or a broken install starts afresh.
+    Cmd::new("/usr/bin/python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(&venv)
+        .run()?;
+    Cmd::new(bin_dir.join("pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .arg(format!("virtme-ng=={VIRTME_NG_VERSION}"))
+        .run()?;
+    match virtme_ng_version(&bin_dir) {
+        Some(have) if have == VIRTME_NG_VERSION => {
+            ui::ok(&format!("virtme-ng {have}"));
+            Ok(bin_dir)
+        }
+        other => bail!("virtme-ng still not usable after installing it (vng --version: {other:?})"),
+    }
+}
+
+/// `1.42` from the venv's `vng --version` (`virtme-ng 1.42`); None when it does not run.
+fn virtme_ng_version(bin_dir: &Path) -> Option<String> {
+    let vng = bin_dir.join("vng");
+    if !vng.is_file() {
+        return None;
+    }
+    let printed = Cmd::new(vng).arg("--version").read().ok()?;
+    Some(printed.trim().strip_prefix("virtme-ng ")?.to_owned())
 }
 
 fn ensure_rust_src() -> Result<()> {

@@ -51,6 +51,11 @@ pub fn ok(text: &str) {
     print("32", &format!("    ok: {text}"));
 }
 
+/// A check that failed; the command goes on and fails at the end.
+pub fn failed(text: &str) {
+    print("1;31", &format!("    FAILED: {text}"));
+}
+
 /// Something that went wrong but does not stop the command.
 pub fn warn(text: &str) {
     print("1;33", &format!("warning: {text}"));

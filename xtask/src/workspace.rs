@@ -38,6 +38,13 @@ pub fn home() -> Result<PathBuf> {
     }
 }
 
+/// bpfmasq's own cache, `~/.cache/bpfmasq`: what the kernel matrix downloads
+/// and virtme-ng's venv. Never under /var/tmp, /var/cache or /var/log, which
+/// virtme-ng guests see as empty tmpfs.
+pub fn cache_dir() -> Result<PathBuf> {
+    Ok(home()?.join(".cache").join("bpfmasq"))
+}
+
 /// The cargo target folder: `CARGO_TARGET_DIR` when set, else `<root>/target`.
 pub fn target_dir() -> PathBuf {
     match env::var_os("CARGO_TARGET_DIR") {
