@@ -56,10 +56,28 @@ mod tests {
             .spawn()
             .unwrap();
         kill_group(&mut child);
-        // The group is gone: signalling it fails.
-        let pgid = child.id() as i32;
-        // SAFETY: signal 0 only checks for existence.
-        let alive = unsafe { libc::kill(-pgid, 0) } == 0;
-        assert!(!alive, "the group still has processes");
+        // No live member is left (killed ones may linger as zombies until
+        // init reaps them: they count as gone).
+        let pgid = child.id().to_string();
+        let live_members = || {
+            std::fs::read_dir("/proc")
+                .unwrap()
+                .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
+                .filter(|stat| {
+                    // pid (comm) state ppid pgrp ...: fields after the last ')'.
+                    let fields: Vec<&str> = stat
+                        .rsplit_once(')')
+                        .map_or("", |(_, rest)| rest)
+                        .split_whitespace()
+                        .collect();
+                    fields.get(2) == Some(&pgid.as_str()) && fields.first() != Some(&"Z")
+                })
+                .count()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while live_members() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(live_members(), 0, "the group still has live processes");
     }
 }
