@@ -64,6 +64,8 @@ pub const DEFAULT_SUITE: &str = "portability";
 /// 2 to 4 minutes under TCG on 2 cores. Three guests that all hang must
 /// still end within CI's time (.ci/run).
 const SUITE_TIMEOUT: Duration = Duration::from_secs(8 * 60);
+/// Boots of one kernel that may die before the guest script starts.
+const BOOT_ATTEMPTS: u32 = 3;
 /// On top of the suites: booting, loading modules, the probe.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(3 * 60);
 
@@ -165,31 +167,47 @@ impl Matrix {
         }
         self.virtme.accelerator(&kernel)?;
 
-        let shared = SharedDir::create()?;
-        let script = guest::write_script(
-            shared.path(),
-            &Plan {
-                bin: &self.bin,
-                suite: &self.suite,
-                package_dir: &workspace::root().join("tests"),
-                suite_timeout_secs: SUITE_TIMEOUT.as_secs(),
-            },
-        )?;
-        let console = shared.path().join("console.log");
         let timeout = SUITE_TIMEOUT * guest::MODES.len() as u32 + BOOT_TIMEOUT;
         ui::step(&format!(
             "boot {} and run the suite (at most {} min)",
             kernel.version,
             timeout.as_secs() / 60
         ));
-        let started = Instant::now();
-        let mut progress = Progress::new(shared.path());
-        let exit = self
-            .virtme
-            .boot(&kernel, &shared, &script, &console, timeout, &mut || {
-                progress.poll()
-            });
-        run.duration = Some(started.elapsed());
+        let (shared, console, exit) = loop {
+            let shared = SharedDir::create()?;
+            let script = guest::write_script(
+                shared.path(),
+                &Plan {
+                    bin: &self.bin,
+                    suite: &self.suite,
+                    package_dir: &workspace::root().join("tests"),
+                    suite_timeout_secs: SUITE_TIMEOUT.as_secs(),
+                },
+            )?;
+            let console = shared.path().join("console.log");
+            let started = Instant::now();
+            let mut progress = Progress::new(shared.path());
+            let exit = self
+                .virtme
+                .boot(&kernel, &shared, &script, &console, timeout, &mut || {
+                    progress.poll()
+                });
+            run.duration = Some(started.elapsed());
+            // Under emulation a guest kernel now and then dies while booting
+            // (an oops patching its own code on several CPUs), before our
+            // script ran at all: that says nothing of bpfmasq, so boot again.
+            let never_started =
+                matches!(exit, Ok(Exit::Finished)) && !guest::script_started(shared.path());
+            if never_started && run.boots < BOOT_ATTEMPTS {
+                run.boots += 1;
+                ui::warn(&format!(
+                    "{} died before the script started (boot {} of {BOOT_ATTEMPTS}); booting it again",
+                    kernel.version, run.boots
+                ));
+                continue;
+            }
+            break (shared, console, exit);
+        };
         run.results = Results::read(shared.path());
         match exit {
             Ok(Exit::Finished) if !run.results.finished => {

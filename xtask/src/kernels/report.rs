@@ -22,6 +22,8 @@ pub struct KernelRun {
     pub duration: Option<Duration>,
     /// Where a failed run's logs are kept.
     pub logs: Option<PathBuf>,
+    /// Boots that died before the guest script started (retried).
+    pub boots: u32,
 }
 
 impl KernelRun {
@@ -32,6 +34,7 @@ impl KernelRun {
             results: Results::default(),
             problem: None,
             duration: None,
+            boots: 0,
             logs: None,
         }
     }
