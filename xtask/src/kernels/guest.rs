@@ -87,12 +87,12 @@ pub struct Plan<'a> {
     pub suite_timeout_secs: u64,
 }
 
-/// Writes the guest's script into `shared`; returns its path.
 /// Whether the guest script began (its first step writes `progress`).
 pub fn script_started(shared: &Path) -> bool {
     shared.join("progress").exists()
 }
 
+/// Writes the guest's script into `shared`; returns its path.
 pub fn write_script(shared: &Path, plan: &Plan) -> Result<PathBuf> {
     let script = shared.join("guest.sh");
     fs::write(&script, script_text(shared, plan))
