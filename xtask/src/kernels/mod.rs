@@ -64,7 +64,7 @@ pub const DEFAULT_SUITE: &str = "portability";
 /// 2 to 4 minutes under TCG on 2 cores. Three guests that all hang must
 /// still end within CI's time (.ci/run).
 const SUITE_TIMEOUT: Duration = Duration::from_secs(8 * 60);
-/// Boots of one kernel that may die before the guest script starts.
+/// Boots a kernel gets, at most, when it dies before the guest script starts.
 const BOOT_ATTEMPTS: u32 = 3;
 /// On top of the suites: booting, loading modules, the probe.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(3 * 60);
@@ -198,7 +198,7 @@ impl Matrix {
             // script ran at all: that says nothing of bpfmasq, so boot again.
             let never_started =
                 matches!(exit, Ok(Exit::Finished)) && !guest::script_started(shared.path());
-            if never_started && run.boots < BOOT_ATTEMPTS {
+            if never_started && run.boots + 1 < BOOT_ATTEMPTS {
                 run.boots += 1;
                 ui::warn(&format!(
                     "{} died before the script started (boot {} of {BOOT_ATTEMPTS}); booting it again",
