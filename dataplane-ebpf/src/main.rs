@@ -23,22 +23,9 @@ mod verdict;
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use verdict::{Program, Verdict, finish};
 
-/// Set by the loader only when a test asks for a program the kernel must
-/// reject (to see how that is reported); 0 otherwise, and then the verifier
-/// knows the branch below is dead and removes it.
-#[unsafe(no_mangle)]
-static TEST_REJECT: u32 = 0;
-
 /// SNAT on the uplink's egress: pod source -> NAT address.
 #[classifier]
 pub fn uplink_egress(ctx: TcContext) -> i32 {
-    // SAFETY: a read of a global (volatile: the loader sets its value).
-    let test_reject = unsafe { core::ptr::read_volatile(&TEST_REJECT) };
-    if test_reject != 0 {
-        // SAFETY: none, on purpose: a number used as a pointer, which the
-        // verifier refuses.
-        return unsafe { core::ptr::read_volatile(test_reject as usize as *const i32) };
-    }
     finish(Program::UplinkEgress, nat::snat(&ctx))
 }
 
