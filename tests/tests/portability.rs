@@ -157,11 +157,12 @@ fn assert_attached_as(link_type: &str, found: &Attachments) {
 }
 
 /// `attach` picks tcx links from 6.6 on and a clsact qdisc before, with the
-/// fast path as asked, and `status --json` and the kernel both say so.
+/// fast path as asked, `status --json` and the kernel both say so, and the
+/// peer answers through it.
 #[test]
 fn attach_takes_the_mode_this_kernel_supports() {
     let lab = Lab::up("pt-mode", 1);
-    let _dp = Datapath::attach(&lab);
+    let dp = Datapath::attach(&lab);
     let status = host_json(&lab, &["status", "--json"]);
     let release = kernel::release();
     assert_eq!(status["kernel"], release.as_str(), "{status:#}");
@@ -177,6 +178,7 @@ fn attach_takes_the_mode_this_kernel_supports() {
         "status should show the program of each of the three hooks: {status:#}"
     );
     assert_attached_as(link_type, &Attachments::of(&lab));
+    ping_the_peer(&lab, &dp);
 }
 
 /// A container's ping reaches the outside peer, which sees it only from the
