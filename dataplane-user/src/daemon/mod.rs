@@ -67,7 +67,8 @@ pub async fn run(netns: Option<&str>, args: &RunOptions) -> Result<()> {
     let mut watch = follow.then(AddressWatch::subscribe).transpose()?;
 
     let started = start(&netlink, &instance, &resolved, args.attach.link_type).await?;
-    println!("{}", started.describe(&instance, args, follow));
+    let fast_path = datapath::fast_path_state(args.attach.fast_path, &resolved);
+    println!("{}", started.describe(&instance, args, follow, &fast_path));
     let mut daemon = Daemon {
         table: pinned::conntrack(&instance)?,
         instance,
@@ -175,7 +176,13 @@ struct Started {
 }
 
 impl Started {
-    fn describe(&self, instance: &Instance, args: &RunOptions, follow: bool) -> String {
+    fn describe(
+        &self,
+        instance: &Instance,
+        args: &RunOptions,
+        follow: bool,
+        fast_path: &str,
+    ) -> String {
         let c = &self.config;
         let what = match &self.how {
             How::Attached => "attached to".to_owned(),
@@ -201,7 +208,7 @@ impl Started {
             instance.uplink,
             instance.netns,
             mode_name(c.attach_mode()),
-            if c.fast_path() { "on" } else { "off" },
+            fast_path,
             addr(c.pod_net),
             addr(c.nat_addr),
             if follow {
