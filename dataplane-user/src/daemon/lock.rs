@@ -16,10 +16,7 @@ use nix::{
     fcntl::{Flock, FlockArg},
 };
 
-use crate::datapath::instance::Instance;
-
-/// Where the lock files live (tmpfs: gone after a reboot, like the pins).
-pub const LOCK_ROOT: &str = "/run/bpfmasq";
+use crate::datapath::instance::{Instance, RUN_ROOT as LOCK_ROOT};
 
 /// How often to retry when the lock file is removed under us by an exiting
 /// holder; each retry means another process made progress, so a few suffice.

@@ -11,6 +11,9 @@ use anyhow::{Context as _, Result, bail};
 
 /// bpfmasq's folder on the BPF filesystem.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/bpfmasq";
+/// bpfmasq's runtime folder (tmpfs: gone after a reboot, like the pins):
+/// the daemon's locks, rejected programs' verifier logs.
+pub const RUN_ROOT: &str = "/run/bpfmasq";
 
 /// Pin names of the links (tcx) or programs (clsact), per hook.
 pub const PIN_EGRESS: &str = "link_uplink_egress";

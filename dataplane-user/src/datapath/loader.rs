@@ -51,10 +51,10 @@ pub fn verify_all(pin_dir: &Path, kernel: &Kernel) -> Result<Vec<Result<Budget>>
 /// The smallest table `--ct-max` allows: enough to verify the programs.
 const MIN_CT_MAX: u32 = 16;
 
-/// Environment variable naming a program the loader makes invalid on
-/// purpose (its `TEST_REJECT` global set), so tests can see how bpfmasq
-/// reports a program the kernel rejects. Unset, the verifier removes that
-/// code before it runs.
+/// Environment variable that, set to anything, makes the loader set the
+/// programs' `TEST_REJECT` global: `uplink_egress` then holds an access no
+/// verifier accepts, so tests can see how bpfmasq reports a rejected
+/// program. Unset, the verifier removes that code before it runs.
 pub const TEST_REJECT_ENV: &str = "BPFMASQ_TEST_REJECT";
 
 fn load_object(pin_dir: &Path, ct_max: u32, kernel: &Kernel) -> Result<Ebpf> {
@@ -87,7 +87,6 @@ fn load_program(ebpf: &mut Ebpf, name: &str, kernel: &Kernel) -> Result<Budget> 
         .ok()
         .and_then(|info| info.verified_instruction_count());
     Ok(Budget {
-        program: name.to_owned(),
         instructions_processed,
         load_time,
     })

@@ -9,10 +9,8 @@ use std::{
 };
 
 use aya::programs::ProgramError;
-use serde::Serialize;
 
-/// Where rejected programs' full verifier logs go.
-pub const LOG_DIR: &str = "/run/bpfmasq";
+use super::instance::RUN_ROOT;
 
 /// The kernel refused to load a program. Displays as one line; the log
 /// file has the verifier's whole output (`--verbose` prints it).
@@ -51,7 +49,7 @@ impl std::error::Error for Rejection {}
 
 impl Rejection {
     /// Turns aya's load error for `program` into a rejection (keeping its
-    /// log in [`LOG_DIR`]), or returns it as it is when it is not the
+    /// log in `RUN_ROOT`), or returns it as it is when it is not the
     /// verifier's (a missing program type, say).
     pub fn from_load_error(program: &str, kernel: &str, error: ProgramError) -> anyhow::Error {
         let ProgramError::LoadError {
@@ -65,7 +63,7 @@ impl Rejection {
         let log = format!("{verifier_log:?}");
         let (reason, insn) = summarize(&log);
         let reason = reason.unwrap_or_else(|| io_error.to_string());
-        let log_file = save_log(Path::new(LOG_DIR), program, &log).ok();
+        let log_file = save_log(Path::new(RUN_ROOT), program, &log).ok();
         Self {
             program: program.to_owned(),
             kernel: kernel.to_owned(),
@@ -111,20 +109,14 @@ fn save_log(dir: &Path, program: &str, log: &str) -> std::io::Result<PathBuf> {
 }
 
 /// What verifying an accepted program cost.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct Budget {
-    pub program: String,
     /// Instructions the verifier processed (the "processed N insns" of its
     /// log; the limit is 1,000,000). `None` on kernels before 5.16, which do
     /// not report it.
     pub instructions_processed: Option<u32>,
     /// Wall time of the load: verification, plus the JIT.
-    #[serde(rename = "load_time_us", serialize_with = "as_micros")]
     pub load_time: Duration,
-}
-
-fn as_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u64(d.as_micros() as u64)
 }
 
 #[cfg(test)]

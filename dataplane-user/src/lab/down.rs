@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 
 use super::topology::{Node, describe_nodes, ns_name, validate_lab_name};
-use crate::{daemon::lock::LOCK_ROOT, netns::NetNs, privileges::require_root};
+use crate::{datapath::instance::RUN_ROOT, netns::NetNs, privileges::require_root};
 
 pub(super) async fn down(lab: &str) -> Result<()> {
     require_root("bpfmasq lab down")?;
@@ -19,7 +19,7 @@ pub(super) async fn down(lab: &str) -> Result<()> {
     let nodes = super::existing_nodes(lab)?;
     let removed_pins = remove_pins(&super::pin_dir(lab))?;
     // A daemon killed with SIGKILL leaves its (unlocked) lock file behind.
-    let _ = remove_pins(&Path::new(LOCK_ROOT).join(ns_name(lab, Node::Host)));
+    let _ = remove_pins(&Path::new(RUN_ROOT).join(ns_name(lab, Node::Host)));
     if nodes.is_empty() {
         match removed_pins {
             Some(dir) => eprintln!(
