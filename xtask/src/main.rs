@@ -80,7 +80,7 @@ enum Command {
     /// to the peer, prints the NAT table and counters, shows that no iptables or nftables
     /// NAT rule exists, and always removes the lab again (also on failure or Ctrl-C).
     Demo(demo::DemoArgs),
-    /// Run setup and build, then `bpfmasq bench` with ARGS: bpfmasq against iptables and
+    /// Run setup and build, then `bpfmasq-bench` with ARGS: bpfmasq against iptables and
     /// nftables masquerade on one lab, interleaved (needs root; see BENCHMARKS.md).
     ///
     /// `cargo xtask bench -- --quick` is the two-minute smoke run; without arguments the

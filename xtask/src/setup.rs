@@ -38,7 +38,7 @@ const PACKAGES: &[&str] = &[
     // tests/tests/path.rs: hops and path MTU past the uplink.
     "traceroute",
     "iputils-tracepath",
-    // `bpfmasq bench` (util-linux's taskset is essential, always there).
+    // `bpfmasq-bench` (util-linux's taskset is essential, always there).
     "wrk",
     "nginx-light",
     "sockperf",
