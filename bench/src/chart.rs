@@ -43,7 +43,7 @@ fn draw(
     root.fill(&WHITE)?;
     let root = root.titled(
         &format!(
-            "bpfmasq bench: masquerade variants against registered containers N  ({subtitle})"
+            "bpfmasq-bench: masquerade variants against registered containers N  ({subtitle})"
         ),
         ("sans-serif", 18),
     )?;

@@ -166,7 +166,7 @@ impl Drop for BenchLab {
         self.iperf = None;
         self.servers.clear();
         if let Err(e) = self.runtime.block_on(lab::down(&self.name)) {
-            eprintln!("bpfmasq bench: removing lab `{}`: {e:#}", self.name);
+            eprintln!("bpfmasq-bench: removing lab `{}`: {e:#}", self.name);
         }
     }
 }

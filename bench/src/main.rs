@@ -279,7 +279,7 @@ fn check_tools() -> Result<()> {
         .collect();
     if !missing.is_empty() {
         bail!(
-            "bpfmasq bench needs {}; `cargo xtask setup` installs them",
+            "bpfmasq-bench needs {}; `cargo xtask setup` installs them",
             missing.join(", ")
         );
     }
@@ -607,7 +607,7 @@ impl Bench {
         }
         if let Some(path) = &self.config.json {
             let record = Record {
-                tool: "bpfmasq bench",
+                tool: "bpfmasq-bench",
                 version: env!("CARGO_PKG_VERSION"),
                 command: std::mem::take(&mut self.config.command),
                 started_unix_s: SystemTime::now()
