@@ -35,9 +35,19 @@ pub const FLAG_FAST_PATH: u32 = 1 << 1;
 /// Bit in [`NatConfig::flags`]: the loader created the bridge's clsact qdisc.
 pub const FLAG_CREATED_BRIDGE_CLSACT: u32 = 1 << 2;
 
+/// Version of the pinned state's layout: the key and value types of every
+/// pinned map and what their fields mean. A datapath pinned by a bpfmasq with
+/// another version is refused, never misread (`run` adopting it, `stats`
+/// reading it). Bump it with any change to a pinned type; the test below
+/// fails until you do.
+pub const LAYOUT_VERSION: u32 = 2;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatConfig {
+    /// [`LAYOUT_VERSION`] of the bpfmasq that attached. First in every
+    /// version, so any version can read it.
+    pub layout_version: u32,
     /// Pod network address and mask, network byte order.
     pub pod_net: u32,
     pub pod_mask: u32,
@@ -103,6 +113,20 @@ mod tests {
         assert!(cfg.is_pod_addr(be([10, 85, 255, 255])));
         assert!(!cfg.is_pod_addr(be([10, 86, 0, 2])));
         assert!(!cfg.is_pod_addr(be([192, 168, 61, 11])));
+    }
+
+    /// A pinned type changed size without [`LAYOUT_VERSION`] moving: bump
+    /// the version, then update the sizes here.
+    #[test]
+    fn layout_version_moves_with_the_pinned_sizes() {
+        use crate::flow::{FlowEntry, FlowKey};
+        use core::mem::size_of;
+        let sizes = (
+            size_of::<NatConfig>(),
+            size_of::<FlowKey>(),
+            size_of::<FlowEntry>(),
+        );
+        assert_eq!((LAYOUT_VERSION, sizes), (2, (84, 16, 40)));
     }
 
     #[test]

@@ -8,8 +8,13 @@
 //! A packet's verdict is counted once, by [`finish`], at the end of its
 //! program; events that are not a verdict (a port skipped, a flow created)
 //! are counted where they happen.
+//!
+//! A packet that goes on returns `TC_ACT_UNSPEC` (tcx's `TCX_NEXT`, the
+//! same number): the hook's next program (tcx) or filter (clsact) still
+//! sees it, where `TC_ACT_OK` would end the chain for everything attached
+//! after bpfmasq. With nothing after it the packet simply goes on.
 
-use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_SHOT};
+use aya_ebpf::bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC};
 use dataplane_common::counters::Counter;
 
 use crate::{conntrack::FlowError, counters::count, rewrite::RewriteError};
@@ -69,10 +74,10 @@ pub enum Program {
 #[inline(always)]
 pub fn finish(program: Program, outcome: Outcome) -> i32 {
     let (action, counter) = match outcome {
-        Ok(Verdict::Pass(counter) | Verdict::Translated(counter)) => (TC_ACT_OK, counter),
+        Ok(Verdict::Pass(counter) | Verdict::Translated(counter)) => (TC_ACT_UNSPEC, counter),
         Ok(Verdict::Taken(counter)) => (TC_ACT_SHOT, counter),
         Ok(Verdict::Redirected(action, counter)) => (action, counter),
-        Ok(Verdict::Ignored) => return TC_ACT_OK,
+        Ok(Verdict::Ignored) => return TC_ACT_UNSPEC,
         Err(Drop(counter)) => (TC_ACT_SHOT, counter),
     };
     count(keyed(program, counter));

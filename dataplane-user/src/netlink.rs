@@ -21,7 +21,9 @@ use rtnetlink::{
     packet_route::{
         AddressFamily,
         address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage},
-        link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+        link::{
+            InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage,
+        },
         route::{RouteAttribute, RouteMessage, RouteMetric},
     },
 };
@@ -134,15 +136,37 @@ impl Netlink {
 
     /// ifindex of interface `name`, or `None` if there is no such interface.
     pub async fn find_link_index(&self, name: &str) -> Result<Option<u32>> {
+        Ok(self.find_link(name).await?.map(|link| link.header.index))
+    }
+
+    /// Interface `name` as the kernel describes it, or `None` if there is none.
+    async fn find_link(&self, name: &str) -> Result<Option<LinkMessage>> {
         // The kernel rejects over-long names (ERANGE) rather than not finding them.
         if name.is_empty() || name.len() >= IFNAMSIZ {
             return Ok(None);
         }
         let mut request = std::pin::pin!(self.handle.link().get().match_name(name).execute());
         match request.try_next().await {
-            Ok(link) => Ok(link.map(|link| link.header.index)),
+            Ok(link) => Ok(link),
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
             Err(e) => Err(self.failed(e, format_args!("looking up interface `{name}`"))),
+        }
+    }
+
+    /// ifindex of interface `name`, refusing one without Ethernet framing
+    /// (tun, WireGuard, ipip, ppp: their packets start at the IP header).
+    pub async fn ethernet_link_index(&self, name: &str) -> Result<u32> {
+        let link = self
+            .find_link(name)
+            .await?
+            .ok_or_else(|| self.missing_link(name))?;
+        match link.header.link_layer_type {
+            LinkLayerType::Ether => Ok(link.header.index),
+            other => Err(anyhow!(
+                "interface `{name}` is not an Ethernet device (link type {}): bpfmasq \
+                 translates Ethernet frames only",
+                format!("{other:?}").to_lowercase()
+            )),
         }
     }
 
@@ -150,7 +174,11 @@ impl Netlink {
     pub async fn link_index(&self, name: &str) -> Result<u32> {
         self.find_link_index(name)
             .await?
-            .ok_or_else(|| anyhow!("no interface `{name}` in {}", self.netns_description()))
+            .ok_or_else(|| self.missing_link(name))
+    }
+
+    fn missing_link(&self, name: &str) -> anyhow::Error {
+        anyhow!("no interface `{name}` in {}", self.netns_description())
     }
 
     /// Every interface of the namespace, in ifindex order.

@@ -87,6 +87,31 @@ pub fn acquire(instance: &Instance) -> Result<InstanceLock> {
     )
 }
 
+/// The pid of the `bpfmasq run` holding `instance`'s lock, if one runs.
+/// Read from /proc/locks rather than by trying the lock: a probe that held
+/// it even briefly could make a starting daemon believe it is taken.
+pub fn holder(instance: &Instance) -> Option<u32> {
+    let path = lock_path(instance);
+    let meta = fs::metadata(&path).ok()?;
+    let locks = fs::read_to_string("/proc/locks").ok()?;
+    locks
+        .lines()
+        .find_map(|line| flock_holder(line, meta.ino()))
+}
+
+/// The pid in a /proc/locks line (`1: FLOCK ADVISORY WRITE 42 00:19:1234 0 EOF`)
+/// if it is a flock on inode `ino`. The device is not compared: /proc/locks
+/// prints it in a form of its own, and the inode of a file just opened on
+/// /run suffices here.
+fn flock_holder(line: &str, ino: u64) -> Option<u32> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let [_, "FLOCK", _, _, pid, file, ..] = fields.as_slice() else {
+        return None;
+    };
+    let locked_ino: u64 = file.rsplit(':').next()?.parse().ok()?;
+    (locked_ino == ino).then(|| pid.parse().ok()).flatten()
+}
+
 /// Whether the open `file` is the one at `path` now.
 fn is_at(file: &File, path: &Path) -> bool {
     match (file.metadata(), fs::metadata(path)) {
@@ -103,5 +128,19 @@ impl Drop for InstanceLock {
             // Fails while other instances of the namespace run: fine.
             let _ = fs::remove_dir(dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::flock_holder;
+
+    #[test]
+    fn reads_the_pid_of_a_flock_on_the_inode() {
+        let line = "3: FLOCK  ADVISORY  WRITE 4242 00:1a:9876 0 EOF";
+        assert_eq!(flock_holder(line, 9876), Some(4242));
+        assert_eq!(flock_holder(line, 9877), None);
+        let posix = "4: POSIX  ADVISORY  WRITE 17 00:1a:9876 0 EOF";
+        assert_eq!(flock_holder(posix, 9876), None);
     }
 }

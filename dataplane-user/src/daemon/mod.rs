@@ -32,7 +32,7 @@ use crate::{
         flows::ConntrackMap,
         gc::{self, SweepReport},
         instance::{Instance, netns_label},
-        loader,
+        layout, loader,
         options::{AttachOptions, LinkType, Resolved},
         pinned,
         tc::{self, AttachRecord, Interfaces},
@@ -251,6 +251,9 @@ async fn start(
     if !instance.dir().exists() {
         return attach_new(netlink, instance, resolved, link_type, How::Attached).await;
     }
+    // Another version's pins are refused, not taken for defunct: removing
+    // them would cut every flow of a datapath that still works.
+    layout::check(instance)?;
     let pinned = match pinned::read_config(instance) {
         Ok(config) => config,
         Err(e) => {

@@ -7,8 +7,6 @@
 //! reason in `status`) or is required, and then `attach` refuses with one
 //! line naming what is missing.
 
-use std::ffi::CStr;
-
 use aya::{
     programs::{ProgramType, SchedClassifier, TcAttachType},
     sys::{BpfHelper, is_helper_supported, is_program_supported},
@@ -16,7 +14,10 @@ use aya::{
 use dataplane_common::kernel::FEATURE_FAST_PATH;
 use serde::Serialize;
 
-use super::{batch, sys::bpf};
+use super::{
+    batch,
+    sys::{Insn, load_classifier},
+};
 
 /// One probed feature.
 #[derive(Clone, Debug, Serialize)]
@@ -194,76 +195,11 @@ fn has_tcx() -> bool {
     SchedClassifier::query_tcx("lo", TcAttachType::Ingress).is_ok()
 }
 
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-
-/// One eBPF instruction, as `struct bpf_insn` lays it out.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Insn {
-    code: u8,
-    /// dst_reg in the low nibble, src_reg in the high one.
-    regs: u8,
-    off: i16,
-    imm: i32,
-}
-
-/// The `union bpf_attr` prefix of BPF_PROG_LOAD.
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-}
-
 /// Whether a TC program may read the `__sk_buff` field at `offset`: loads
 /// `r0 = *(u32 *)(r1 + offset); r0 = 0; exit`, which the verifier rejects
 /// for a field this kernel does not know.
 fn reads_skb_field(offset: i16) -> bool {
-    const LDX_W: u8 = 0x61; // BPF_LDX | BPF_MEM | BPF_W
-    const MOV64_IMM: u8 = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K
-    const EXIT: u8 = 0x95; // BPF_JMP | BPF_EXIT
-    let insns = [
-        Insn {
-            code: LDX_W,
-            regs: 1 << 4, // dst r0, src r1 (the context)
-            off: offset,
-            imm: 0,
-        },
-        Insn {
-            code: MOV64_IMM,
-            regs: 0,
-            off: 0,
-            imm: 0,
-        },
-        Insn {
-            code: EXIT,
-            regs: 0,
-            off: 0,
-            imm: 0,
-        },
-    ];
-    let license: &CStr = c"GPL";
-    let mut attr = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_SCHED_CLS,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        ..Default::default()
-    };
-    bpf(BPF_PROG_LOAD, &mut attr)
-        .map(|fd| {
-            // SAFETY: a program fd just returned by BPF_PROG_LOAD, closed once.
-            unsafe { libc::close(fd as i32) };
-        })
-        .is_ok()
+    load_classifier(&[Insn::load_ctx_u32(offset), Insn::mov_r0(0), Insn::EXIT]).is_ok()
 }
 
 #[cfg(test)]

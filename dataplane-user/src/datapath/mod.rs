@@ -8,6 +8,7 @@ pub mod flows;
 pub mod gc;
 pub mod instance;
 pub mod kernel;
+pub mod layout;
 pub mod loader;
 pub mod options;
 pub mod pinned;
@@ -66,6 +67,10 @@ pub async fn attach(netns: Option<&str>, args: &AttachOptions) -> Result<()> {
         resolved.ports,
         fast_path_state(args.fast_path, &resolved),
         instance.dir().display()
+    );
+    eprintln!(
+        "note: nothing maintains this datapath until `bpfmasq run` adopts it: flows never \
+         expire (a full table refuses new ones) and a new uplink address is not followed"
     );
     Ok(())
 }
@@ -153,6 +158,8 @@ pub async fn detach(netns: Option<&str>, uplink: Option<&str>) -> Result<()> {
 /// Removes everything `instance` attached and pinned, as its CONFIG records.
 /// Keeps going past errors and reports them all at the end.
 pub async fn detach_instance(netlink: &Netlink, instance: &Instance) -> Result<()> {
+    // Another version's record could name the wrong filters to remove.
+    layout::check(instance)?;
     // The interfaces may be gone (their namespace torn down): then only pins remain.
     let config = pinned::read_config(instance).unwrap_or_default();
     let record = AttachRecord::from_config(&config);

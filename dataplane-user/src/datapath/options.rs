@@ -3,7 +3,7 @@ use std::{fmt, net::Ipv4Addr, str::FromStr};
 
 use anyhow::{Result, anyhow, bail};
 use dataplane_common::{
-    config::{FLAG_FAST_PATH, NatConfig},
+    config::{FLAG_FAST_PATH, LAYOUT_VERSION, NatConfig},
     conntrack::Timeouts,
     maps::NO_MASQ_ENTRIES,
     ports::{DEFAULT_PORT_MAX, DEFAULT_PORT_MIN},
@@ -172,8 +172,8 @@ impl Resolved {
                 args.bridge
             );
         }
-        let bridge_ifindex = netlink.link_index(&args.bridge).await?;
-        let uplink_ifindex = netlink.link_index(&args.uplink).await?;
+        let bridge_ifindex = netlink.ethernet_link_index(&args.bridge).await?;
+        let uplink_ifindex = netlink.ethernet_link_index(&args.uplink).await?;
         let pod_cidr = match args.pod_cidr {
             Some(cidr) => cidr.trunc(),
             None => netlink
@@ -236,6 +236,7 @@ impl Resolved {
     /// The CONFIG map's value (attach fields are filled in after attaching).
     pub fn nat_config(&self) -> NatConfig {
         NatConfig {
+            layout_version: LAYOUT_VERSION,
             pod_net: u32::from_ne_bytes(self.pod_cidr.network().octets()),
             pod_mask: u32::from_ne_bytes(self.pod_cidr.netmask().octets()),
             nat_addr: u32::from_ne_bytes(self.nat_addr.octets()),

@@ -1,5 +1,6 @@
 //! Opening an instance's pinned maps from any process: the inspection verbs
-//! and `detach` read the datapath's state without loading anything.
+//! and `detach` read the datapath's state without loading anything. Each
+//! opening checks first that the pins have this bpfmasq's layout.
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
@@ -9,7 +10,7 @@ use dataplane_common::{
     maps,
 };
 
-use super::instance::Instance;
+use super::{instance::Instance, layout};
 
 fn open(instance: &Instance, name: &str) -> Result<Map> {
     let path = instance.pin(name);
@@ -19,6 +20,12 @@ fn open(instance: &Instance, name: &str) -> Result<Map> {
 }
 
 pub fn read_config(instance: &Instance) -> Result<NatConfig> {
+    layout::check(instance)?;
+    read_config_unchecked(instance)
+}
+
+/// The CONFIG slot, read without checking the layout (for [`layout::check`]).
+pub(super) fn read_config_unchecked(instance: &Instance) -> Result<NatConfig> {
     let array: Array<MapData, NatConfig> = open(instance, maps::CONFIG)?.try_into()?;
     array
         .get(&0, 0)
@@ -34,9 +41,11 @@ pub fn write_config(instance: &Instance, config: &NatConfig) -> Result<()> {
 }
 
 pub fn conntrack(instance: &Instance) -> Result<HashMap<MapData, FlowKey, FlowEntry>> {
+    layout::check(instance)?;
     Ok(open(instance, maps::CONNTRACK)?.try_into()?)
 }
 
 pub fn counters(instance: &Instance) -> Result<PerCpuArray<MapData, u64>> {
+    layout::check(instance)?;
     Ok(open(instance, maps::COUNTERS)?.try_into()?)
 }

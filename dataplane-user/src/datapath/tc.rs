@@ -229,7 +229,9 @@ fn attach_tcx_hook(ebpf: &mut Ebpf, hook: &Hook, iface: &str, pin: &Path) -> Res
         .attach_with_options(
             iface,
             hook.attach_type,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
+            // First: a program before it that returned TCX_PASS would let
+            // pod packets leave untranslated.
+            TcAttachOptions::TcxOrder(LinkOrder::first()),
         )
         .with_context(|| {
             format!(

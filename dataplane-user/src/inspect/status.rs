@@ -12,13 +12,16 @@ use dataplane_common::config::AttachMode;
 use serde::Serialize;
 
 use super::Query;
-use crate::datapath::{
-    instance::{
-        Instance, PIN_BRIDGE_INGRESS, PIN_EGRESS, PIN_INGRESS, PIN_PROG_BRIDGE_INGRESS,
-        PIN_PROG_EGRESS, PIN_PROG_INGRESS, netns_label,
+use crate::{
+    daemon::lock,
+    datapath::{
+        instance::{
+            Instance, PIN_BRIDGE_INGRESS, PIN_EGRESS, PIN_INGRESS, PIN_PROG_BRIDGE_INGRESS,
+            PIN_PROG_EGRESS, PIN_PROG_INGRESS, netns_label,
+        },
+        kernel::Kernel,
+        pinned,
     },
-    kernel::Kernel,
-    pinned,
 };
 
 #[derive(Debug, Serialize)]
@@ -42,6 +45,9 @@ struct Status {
     /// What the kernel lacks and what bpfmasq does without it (e.g. clsact
     /// instead of tcx, the fast path off).
     features_off: Vec<String>,
+    /// The pid of the `bpfmasq run` maintaining this datapath (expiring
+    /// flows, following the uplink's address); `None`: nothing does.
+    daemon_pid: Option<u32>,
     pod_cidr: String,
     nat_address: Ipv4Addr,
     port_range: String,
@@ -117,6 +123,7 @@ pub fn status(netns: Option<&str>, query: &Query) -> Result<()> {
             .map(|f| format!("{}: {}", f.name, f.without.describe()))
             .collect(),
         kernel: kernel.release,
+        daemon_pid: lock::holder(&instance),
         pod_cidr: format!("{}/{prefix}", addr(config.pod_net)),
         nat_address: addr(config.nat_addr),
         port_range: format!("{}-{}", config.port_min, config.port_max),
@@ -150,6 +157,13 @@ pub fn status(netns: Option<&str>, query: &Query) -> Result<()> {
             .program_id
             .map_or_else(|| "-".to_owned(), |id| id.to_string());
         println!("  {:<14} program id {id}", hook.hook);
+    }
+    match status.daemon_pid {
+        Some(pid) => println!("daemon       bpfmasq run, pid {pid}"),
+        None => println!(
+            "daemon       none: flows never expire and a new uplink address is not followed \
+             (start `bpfmasq run`)"
+        ),
     }
     println!(
         "fast path    {}",
