@@ -112,6 +112,13 @@ counters! {
     /// ingress as a clone (a first fragment and the ones held for it), let
     /// through once, untouched.
     ReenteredFragment = "reentered_fragment",
+    /// An ICMP error about a pod's flow leaving through the uplink (the
+    /// host's, or the pod's own), its quoted pod address and port turned
+    /// into the NAT address and port.
+    TranslatedIcmpErrorOut = "translated_icmp_error_out",
+    /// Dropped: an ICMP error leaving through the uplink that names a pod
+    /// (as its source or quoted) but belongs to no flow: never leaked.
+    DropIcmpErrorNoFlow = "drop_icmp_error_no_flow",
 }
 
 impl Counter {

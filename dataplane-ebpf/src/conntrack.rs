@@ -74,6 +74,14 @@ pub fn reply_entry(key: &FlowKey) -> Option<*mut FlowEntry> {
         .filter(|&entry| unsafe { (*entry).direction } == Direction::Reply as u8)
 }
 
+/// The original-direction entry of a flow, by the pod's packet's key.
+#[inline(always)]
+pub fn original(key: &FlowKey) -> Option<*mut FlowEntry> {
+    CONNTRACK
+        .get_ptr_mut(key)
+        .filter(|&entry| unsafe { (*entry).direction } == Direction::Original as u8)
+}
+
 /// Claims a translated port and inserts both halves of a flow, trying up
 /// to [`MAX_PORT_ATTEMPTS`] candidate ports.
 #[inline(always)]

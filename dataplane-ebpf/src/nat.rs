@@ -48,6 +48,18 @@ pub fn snat(ctx: &TcContext) -> Outcome {
         }
     };
     let cfg = config().ok_or(Drop(Counter::DropNoConfig))?;
+    // ICMP errors are looked at whoever sends them: the host's own may quote
+    // a pod's address too. (Never fragmented: at most 576 bytes.)
+    if ip.proto == IPPROTO_ICMP
+        && !ip.is_fragment
+        && let Ok(Some(l4)) = parse_transport(ctx, &ip)
+        && icmp_error::is_error(l4.icmp_type)
+    {
+        if cfg.is_pod_addr(ip.src) && is_excluded(ip.dst) {
+            return Ok(Verdict::Pass(Counter::PassedExcluded));
+        }
+        return icmp_error::snat_error(ctx, &ip, cfg);
+    }
     if !cfg.is_pod_addr(ip.src) {
         if ip.src == cfg.nat_addr {
             host_sockets::claim_for_host(ctx, &ip);

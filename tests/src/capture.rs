@@ -7,7 +7,7 @@ use std::{
     collections::BTreeMap,
     ffi::CString,
     io, mem,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
         Arc,
@@ -408,4 +408,80 @@ mod tests {
         );
         assert_eq!(wire_size(&frame(&[8, 0], &ip), 0).unwrap().largest, 5000);
     }
+}
+
+/// An ICMP error a capture received, with the packet it quotes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IcmpErrorSeen {
+    pub source: Ipv4Addr,
+    pub icmp_type: u8,
+    pub quoted_source: SocketAddrV4,
+    pub quoted_destination: SocketAddrV4,
+}
+
+impl Captured {
+    /// The ICMP errors among the kept frames ([`Capture::start_keeping`]).
+    pub fn icmp_errors(&self) -> Vec<IcmpErrorSeen> {
+        self.kept.iter().filter_map(|f| icmp_error(f)).collect()
+    }
+
+    /// Kept frames holding a pod network address anywhere in their IPv4
+    /// headers, outer or quoted inside an ICMP error: leaks.
+    pub fn frames_naming_pods(&self) -> Vec<String> {
+        self.kept
+            .iter()
+            .filter_map(|frame| {
+                let source = ipv4_source(frame)?;
+                let error = icmp_error(frame);
+                let named = [
+                    Some(source),
+                    error.map(|e| *e.quoted_source.ip()),
+                    error.map(|e| *e.quoted_destination.ip()),
+                ];
+                named
+                    .iter()
+                    .flatten()
+                    .any(|&addr| in_pod_net(addr))
+                    .then(|| format!("from {source}: {error:?}"))
+            })
+            .collect()
+    }
+}
+
+/// The ICMP error (destination unreachable, time exceeded, parameter
+/// problem) an Ethernet frame carries, if any, with its quoted tuple (the
+/// ports read as zero for a quoted ICMP packet).
+fn icmp_error(frame: &[u8]) -> Option<IcmpErrorSeen> {
+    const IPPROTO_ICMP: u8 = 1;
+    let ip = ipv4_packet(frame)?;
+    if *ip.get(9)? != IPPROTO_ICMP {
+        return None;
+    }
+    let icmp = ip.get(usize::from(ip.first()? & 0x0f) * 4..)?;
+    let icmp_type = *icmp.first()?;
+    if !matches!(icmp_type, 3 | 11 | 12) {
+        return None;
+    }
+    let quoted = icmp.get(8..)?;
+    let quoted_l4 = quoted.get(usize::from(quoted.first()? & 0x0f) * 4..)?;
+    let addr = |at: usize| -> Option<Ipv4Addr> {
+        Some(Ipv4Addr::from(
+            <[u8; 4]>::try_from(quoted.get(at..at + 4)?).ok()?,
+        ))
+    };
+    let port = |at: usize| -> u16 {
+        if matches!(quoted.get(9), Some(&IPPROTO_TCP | &IPPROTO_UDP)) {
+            quoted_l4
+                .get(at..at + 2)
+                .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]))
+        } else {
+            0
+        }
+    };
+    Some(IcmpErrorSeen {
+        source: ipv4_source(frame)?,
+        icmp_type,
+        quoted_source: SocketAddrV4::new(addr(12)?, port(0)),
+        quoted_destination: SocketAddrV4::new(addr(16)?, port(2)),
+    })
 }
