@@ -126,7 +126,7 @@ mod tests {
             size_of::<FlowKey>(),
             size_of::<FlowEntry>(),
         );
-        assert_eq!((LAYOUT_VERSION, sizes), (2, (84, 16, 40)));
+        assert_eq!((LAYOUT_VERSION, sizes), (2, (100, 16, 56)));
     }
 
     #[test]

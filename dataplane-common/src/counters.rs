@@ -119,6 +119,10 @@ counters! {
     /// Dropped: an ICMP error leaving through the uplink that names a pod
     /// (as its source or quoted) but belongs to no flow: never leaked.
     DropIcmpErrorNoFlow = "drop_icmp_error_no_flow",
+    /// A TCP RST or FIN from outside whose sequence number lies outside the
+    /// window the pod advertised: passed on to the pod (its stack judges
+    /// it), the flow's state left as it was.
+    TcpOutOfWindow = "tcp_out_of_window",
 }
 
 impl Counter {

@@ -81,6 +81,15 @@ pub struct FlowEntry {
     pub last_seen_ns: u64,
     pub packets: u64,
     pub bytes: u64,
+    /// TCP, original entries: the pod's last acknowledgment number (host
+    /// order) and receive window in bytes, for [`crate::tcp_window`].
+    pub tcp_ack: u32,
+    pub tcp_window: u32,
+    /// TCP, original entries: the pod's window scale, once its SYN was seen.
+    pub tcp_wscale: u8,
+    /// [`crate::tcp_window`]'s `TRACK_*` bits.
+    pub tcp_track: u8,
+    pub _pad: [u8; 6],
 }
 
 impl FlowEntry {
@@ -99,6 +108,11 @@ impl FlowEntry {
             last_seen_ns: now_ns,
             packets: 0,
             bytes: 0,
+            tcp_ack: 0,
+            tcp_window: 0,
+            tcp_wscale: 0,
+            tcp_track: 0,
+            _pad: [0; 6],
         }
     }
 
@@ -128,6 +142,6 @@ mod tests {
     #[test]
     fn layout_is_stable() {
         assert_eq!(core::mem::size_of::<FlowKey>(), 16);
-        assert_eq!(core::mem::size_of::<FlowEntry>(), 40);
+        assert_eq!(core::mem::size_of::<FlowEntry>(), 56);
     }
 }

@@ -17,6 +17,7 @@ pub mod fragments;
 pub mod kernel;
 pub mod maps;
 pub mod ports;
+pub mod tcp_window;
 
 #[cfg(feature = "user")]
 mod pod {

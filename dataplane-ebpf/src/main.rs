@@ -18,6 +18,7 @@ mod nat;
 mod offsets;
 mod packet;
 mod rewrite;
+mod tcp_window;
 mod verdict;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};

@@ -19,6 +19,7 @@ use crate::{
     maps::{CONFIG, NO_MASQ},
     packet::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, Ipv4, ParseError, parse_ipv4, parse_transport},
     rewrite::{Endpoint, rewrite},
+    tcp_window,
     verdict::{Drop, Outcome, Verdict},
 };
 
@@ -92,6 +93,9 @@ pub fn snat(ctx: &TcContext) -> Outcome {
     let entry = conntrack::original_entry(ctx, &key, cfg, now)?;
     let seen = seen_bits(l4.tcp_flags);
     conntrack::restart_if_reused(&key, entry, seen);
+    if ip.proto == IPPROTO_TCP {
+        tcp_window::record_pod_segment(ctx, &ip, entry, &l4);
+    }
     let old = (ip.src, l4.src_port);
     apply(ctx, &ip, Endpoint::Source, old, entry, (now, seen))?;
     Ok(Verdict::Translated(Counter::TranslatedOut))
@@ -163,7 +167,7 @@ fn unsnat_packet(ctx: &TcContext, ip: &Ipv4, cfg: &NatConfig, now: u64) -> Outco
         return Ok(Verdict::Pass(Counter::PassedNoFlow));
     };
     let old = (ip.dst, l4.dst_port);
-    let seen = seen_bits(l4.tcp_flags);
+    let seen = tcp_window::checked_outside_bits(ctx, ip, &key, entry, seen_bits(l4.tcp_flags));
     apply(ctx, ip, Endpoint::Destination, old, entry, (now, seen))?;
     Ok(Verdict::Translated(Counter::TranslatedIn))
 }

@@ -15,6 +15,9 @@ pub const IPV4_MIN_LEN: usize = size_of::<Ipv4Hdr>();
 
 pub const TCP_SOURCE: usize = offset_of!(TcpHdr, source);
 pub const TCP_DEST: usize = offset_of!(TcpHdr, dest);
+pub const TCP_SEQ: usize = offset_of!(TcpHdr, seq);
+pub const TCP_ACK_SEQ: usize = offset_of!(TcpHdr, ack_seq);
+pub const TCP_WINDOW: usize = offset_of!(TcpHdr, window);
 /// The data-offset nibble and the flags share the two bytes before the
 /// window (a bitfield the struct cannot name): data offset first, flags next.
 pub const TCP_DATA_OFFSET: usize = offset_of!(TcpHdr, window) - 2;

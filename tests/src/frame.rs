@@ -36,6 +36,8 @@ pub enum L4 {
         /// The data offset field, in 32-bit words (5 for a plain header);
         /// the header built is 20 bytes whatever it says.
         data_offset: u8,
+        /// The sequence number.
+        seq: u32,
     },
     Udp {
         sport: u16,
@@ -119,6 +121,7 @@ impl Packet {
                 dport,
                 flags,
                 data_offset: 5,
+                seq: 0x1000_0000,
             },
         )
     }
@@ -237,6 +240,14 @@ impl Packet {
         self
     }
 
+    /// A TCP packet's sequence number; other protocols are left alone.
+    pub const fn tcp_seq(mut self, new: u32) -> Self {
+        if let L4::Tcp { seq, .. } = &mut self.l4 {
+            *seq = new;
+        }
+        self
+    }
+
     /// A TCP packet's flags; other protocols are left alone.
     pub const fn tcp_flags(mut self, new: u8) -> Self {
         if let L4::Tcp { flags, .. } = &mut self.l4 {
@@ -335,11 +346,12 @@ impl Packet {
                 dport,
                 flags,
                 data_offset,
+                seq,
             } => {
                 let mut tcp = Vec::with_capacity(TCP_HEADER_LEN + payload.len());
                 tcp.extend_from_slice(&sport.to_be_bytes());
                 tcp.extend_from_slice(&dport.to_be_bytes());
-                tcp.extend_from_slice(&0x1000_0000u32.to_be_bytes()); // sequence
+                tcp.extend_from_slice(&seq.to_be_bytes());
                 let ack: u32 = if flags & 0x10 != 0 { 0x2000_0000 } else { 0 };
                 tcp.extend_from_slice(&ack.to_be_bytes());
                 tcp.push(data_offset << 4);

@@ -4,21 +4,27 @@
 
 use std::{
     collections::BTreeSet,
-    net::{Ipv4Addr, SocketAddrV4},
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener},
+    time::Duration,
 };
 
 use bpfmasq::datapath::{instance::Instance, pinned};
 use bpfmasq_e2e::{
     Datapath, Lab,
+    capture::Capture,
     daemon_support::Daemon,
     datapath::{attach_args, host_json, uplink_verb_args},
     echo,
+    frame::{Packet, Seen},
     icmp::ping,
+    inject::{Injector, mac_of},
     kernel,
     lab::files_under,
     process::{describe, success},
     product::bpfmasq,
     refusal::assert_refused,
+    tcp,
     tcx::{ForeignProgram, Hook, Position, TCX_DROP, TCX_PASS},
     topology::{
         BRIDGE, HOST, HOST_UPLINK_ADDR, OUT, OUTSIDE_ADDR, UPLINK, container, container_addr,
@@ -193,4 +199,82 @@ fn lab_status_text(lab: &Lab) -> String {
     let out = bpfmasq(["--netns", &lab.host_ns(), "status"]);
     assert!(out.status.success(), "{}", describe(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An off-path sender spraying RSTs over a live flow's NAT tuple with the
+/// server's address and sequence numbers far from the window leaves the
+/// flow established: after the close timeout and a sweep, the server's
+/// next segment still reaches the container. (Before, any RST marked the
+/// flow closed, a sweep removed it, and the host reset the connection.)
+#[test]
+fn off_path_rsts_do_not_close_a_live_flow() {
+    let lab = Lab::up("offpathrst", 1);
+    let dp = Datapath::attach_with(&lab, &["--timeout", "tcp-close=1"]);
+    let service = SocketAddrV4::new(OUTSIDE_ADDR, 5202);
+    let listener = lab
+        .run_in(OUT, || TcpListener::bind(service))
+        .expect("listening in the peer");
+    // The host's uplink receives the peer's SYN-ACK (a capture sees what
+    // its interface receives).
+    let capture = Capture::start_keeping(&lab, HOST, UPLINK);
+    let mut client = tcp::connect(&lab, &container(1), None, service).expect("c1 connecting");
+    let (mut server, nat) = listener.accept().expect("the peer accepting");
+    let SocketAddr::V4(nat) = nat else {
+        panic!("an IPv6 client: {nat}")
+    };
+    server.write_all(b"hello").expect("the peer writing");
+    let mut hello = [0; 5];
+    client.read_exact(&mut hello).expect("c1 reading hello");
+    let server_isn = capture
+        .stop()
+        .kept
+        .iter()
+        .find_map(|frame| syn_ack_seq(frame, service))
+        .expect("the peer's SYN-ACK was captured");
+
+    // Half the sequence space away from the server's real position.
+    let injector = Injector::open(&lab, OUT, UPLINK);
+    let host_mac = mac_of(&lab, HOST, UPLINK);
+    for i in 0..64u32 {
+        let seq = server_isn.wrapping_add(0x8000_0000).wrapping_add(i * 4096);
+        let rst = Packet {
+            payload: 0,
+            ..Packet::tcp(
+                OUTSIDE_ADDR,
+                *nat.ip(),
+                service.port(),
+                nat.port(),
+                TCP_RST_ACK,
+            )
+            .tcp_seq(seq)
+        };
+        injector.send(&rst.frame(injector.mac, host_mac));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = bpfmasq(["--netns", &lab.host_ns(), "gc"]);
+    assert!(out.status.success(), "{}", describe(&out));
+
+    server
+        .write_all(b"still here")
+        .expect("the peer writing again");
+    let mut again = [0; 10];
+    client
+        .read_exact(&mut again)
+        .unwrap_or_else(|e| panic!("c1 lost its connection: {e}\n{}", dp.diagnostics()));
+    assert_eq!(&again, b"still here");
+    dp.assert_counter_at_least("tcp_out_of_window", 64);
+}
+
+/// RST with ACK: what a spoofer sends to look like the server.
+const TCP_RST_ACK: u8 = 0x14;
+
+/// The sequence number of `server`'s SYN-ACK, if `frame` is one.
+fn syn_ack_seq(frame: &[u8], server: SocketAddrV4) -> Option<u32> {
+    let seen = Seen::parse(frame)?;
+    if seen.src != *server.ip() || seen.ports?.0 != server.port() || seen.tcp_flags? != 0x12 {
+        return None;
+    }
+    let ip = frame.get(14..)?;
+    let tcp = ip.get(usize::from(ip[0] & 0x0f) * 4..)?;
+    Some(u32::from_be_bytes(tcp.get(4..8)?.try_into().ok()?))
 }
