@@ -75,6 +75,9 @@ pub struct NatConfig {
     pub timeouts: Timeouts,
     /// Maximum number of flows (`--ct-max`); the map holds two entries each.
     pub ct_max: u32,
+    /// Maximum number of flows one pod address may hold (`--ct-max-per-pod`);
+    /// 0: no limit but the table's.
+    pub ct_max_per_pod: u32,
 }
 
 impl NatConfig {
@@ -126,7 +129,7 @@ mod tests {
             size_of::<FlowKey>(),
             size_of::<FlowEntry>(),
         );
-        assert_eq!((LAYOUT_VERSION, sizes), (2, (100, 16, 56)));
+        assert_eq!((LAYOUT_VERSION, sizes), (2, (108, 16, 56)));
     }
 
     #[test]

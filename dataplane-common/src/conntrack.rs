@@ -52,6 +52,10 @@ pub enum FlowState {
     Unreplied,
     /// UDP or ICMP answered at least once.
     Replied,
+    /// UDP that kept going after its first answer (nf_conntrack's
+    /// "stream"): the long timeout. A lone request and its answer (DNS)
+    /// stays `Replied`, with the short one.
+    Stream,
 }
 
 impl FlowState {
@@ -66,18 +70,31 @@ impl FlowState {
             Self::TcpClose => "CLOSE",
             Self::Unreplied => "UNREPLIED",
             Self::Replied => "REPLIED",
+            Self::Stream => "STREAM",
         }
     }
 }
 
+/// What a flow's two entries say about its answers, for [`flow_state`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answers {
+    None,
+    /// Answered; the pod sent nothing after the first answer.
+    Replied,
+    /// Answered, and the pod sent more after the first answer.
+    Continued,
+}
+
 /// The state of a flow of protocol `proto` from the `state` bits of its
-/// original and reply entries and whether any reply was seen.
-pub const fn flow_state(proto: u8, original: u8, reply: u8, replied: bool) -> FlowState {
+/// original and reply entries and what its answers were.
+pub const fn flow_state(proto: u8, original: u8, reply: u8, answers: Answers) -> FlowState {
     if proto != IPPROTO_TCP {
-        return if replied {
-            FlowState::Replied
-        } else {
-            FlowState::Unreplied
+        return match answers {
+            Answers::None => FlowState::Unreplied,
+            Answers::Replied => FlowState::Replied,
+            // Only UDP streams: an echo flow is one request and its reply.
+            Answers::Continued if proto == IPPROTO_UDP => FlowState::Stream,
+            Answers::Continued => FlowState::Replied,
         };
     }
     if (original | reply) & SEEN_RST != 0 {
@@ -110,6 +127,7 @@ pub struct Timeouts {
     pub tcp_close: u32,
     pub udp_unreplied: u32,
     pub udp_replied: u32,
+    pub udp_stream: u32,
     pub icmp: u32,
 }
 
@@ -124,7 +142,8 @@ impl Timeouts {
         tcp_time_wait: 120,
         tcp_close: 10,
         udp_unreplied: 30,
-        udp_replied: 120,
+        udp_replied: 30,
+        udp_stream: 120,
         icmp: 30,
     };
 
@@ -133,6 +152,7 @@ impl Timeouts {
         match (proto, state) {
             (IPPROTO_ICMP, _) => self.icmp,
             (IPPROTO_UDP, FlowState::Replied) => self.udp_replied,
+            (IPPROTO_UDP, FlowState::Stream) => self.udp_stream,
             (IPPROTO_UDP, _) => self.udp_unreplied,
             (_, FlowState::TcpSynSent) => self.tcp_syn_sent,
             (_, FlowState::TcpSynRecv) => self.tcp_syn_recv,
@@ -142,7 +162,7 @@ impl Timeouts {
             (_, FlowState::TcpTimeWait) => self.tcp_time_wait,
             (_, FlowState::TcpClose) => self.tcp_close,
             // Other protocols are never tracked; treat like unreplied UDP.
-            (_, FlowState::Replied) => self.udp_replied,
+            (_, FlowState::Replied | FlowState::Stream) => self.udp_replied,
             (_, FlowState::Unreplied) => self.udp_unreplied,
         }
     }
@@ -150,7 +170,7 @@ impl Timeouts {
 
 impl Timeouts {
     /// Every timeout with its CLI/JSON name (`--timeout NAME=SECONDS`).
-    pub fn named(&self) -> [(&'static str, u32); 10] {
+    pub fn named(&self) -> [(&'static str, u32); 11] {
         [
             ("tcp-syn-sent", self.tcp_syn_sent),
             ("tcp-syn-recv", self.tcp_syn_recv),
@@ -161,6 +181,7 @@ impl Timeouts {
             ("tcp-close", self.tcp_close),
             ("udp-unreplied", self.udp_unreplied),
             ("udp-replied", self.udp_replied),
+            ("udp-stream", self.udp_stream),
             ("icmp", self.icmp),
         ]
     }
@@ -177,6 +198,7 @@ impl Timeouts {
             "tcp-close" => &mut self.tcp_close,
             "udp-unreplied" => &mut self.udp_unreplied,
             "udp-replied" => &mut self.udp_replied,
+            "udp-stream" => &mut self.udp_stream,
             "icmp" => &mut self.icmp,
             _ => return false,
         };
@@ -202,31 +224,36 @@ mod tests {
     #[test]
     fn tcp_handshake_and_teardown() {
         assert_eq!(
-            flow_state(IPPROTO_TCP, SYN, 0, false),
+            flow_state(IPPROTO_TCP, SYN, 0, Answers::None),
             FlowState::TcpSynSent
         );
         assert_eq!(
-            flow_state(IPPROTO_TCP, SYN, SYNACK, true),
+            flow_state(IPPROTO_TCP, SYN, SYNACK, Answers::Replied),
             FlowState::TcpSynRecv
         );
         assert_eq!(
-            flow_state(IPPROTO_TCP, SYN | ACK, SYNACK, true),
+            flow_state(IPPROTO_TCP, SYN | ACK, SYNACK, Answers::Replied),
             FlowState::TcpEstablished
         );
         assert_eq!(
-            flow_state(IPPROTO_TCP, SYN | ACK | SEEN_FIN, SYNACK, true),
+            flow_state(IPPROTO_TCP, SYN | ACK | SEEN_FIN, SYNACK, Answers::Replied),
             FlowState::TcpFinWait
         );
         assert_eq!(
-            flow_state(IPPROTO_TCP, SYN | ACK, SYNACK | SEEN_FIN, true),
+            flow_state(IPPROTO_TCP, SYN | ACK, SYNACK | SEEN_FIN, Answers::Replied),
             FlowState::TcpCloseWait
         );
         assert_eq!(
-            flow_state(IPPROTO_TCP, ACK | SEEN_FIN, ACK | SEEN_FIN, true),
+            flow_state(
+                IPPROTO_TCP,
+                ACK | SEEN_FIN,
+                ACK | SEEN_FIN,
+                Answers::Replied
+            ),
             FlowState::TcpTimeWait
         );
         assert_eq!(
-            flow_state(IPPROTO_TCP, ACK, SEEN_RST, true),
+            flow_state(IPPROTO_TCP, ACK, SEEN_RST, Answers::Replied),
             FlowState::TcpClose
         );
     }
@@ -234,18 +261,26 @@ mod tests {
     #[test]
     fn flows_picked_up_mid_stream_are_established() {
         assert_eq!(
-            flow_state(IPPROTO_TCP, ACK, ACK, true),
+            flow_state(IPPROTO_TCP, ACK, ACK, Answers::Replied),
             FlowState::TcpEstablished
         );
     }
 
     #[test]
     fn udp_and_icmp_by_reply() {
-        assert_eq!(flow_state(IPPROTO_UDP, 0, 0, false), FlowState::Unreplied);
-        assert_eq!(flow_state(IPPROTO_UDP, 0, 0, true), FlowState::Replied);
+        let udp = |answers| flow_state(IPPROTO_UDP, 0, 0, answers);
+        assert_eq!(udp(Answers::None), FlowState::Unreplied);
+        assert_eq!(udp(Answers::Replied), FlowState::Replied);
+        assert_eq!(udp(Answers::Continued), FlowState::Stream);
+        assert_eq!(
+            flow_state(IPPROTO_ICMP, 0, 0, Answers::Continued),
+            FlowState::Replied
+        );
         let t = Timeouts::NF_CONNTRACK;
         assert_eq!(t.for_state(IPPROTO_UDP, FlowState::Unreplied), 30);
-        assert_eq!(t.for_state(IPPROTO_UDP, FlowState::Replied), 120);
+        // A lone request and its answer (DNS) goes as soon as an unanswered one.
+        assert_eq!(t.for_state(IPPROTO_UDP, FlowState::Replied), 30);
+        assert_eq!(t.for_state(IPPROTO_UDP, FlowState::Stream), 120);
         assert_eq!(t.for_state(IPPROTO_ICMP, FlowState::Replied), 30);
         assert_eq!(t.for_state(IPPROTO_TCP, FlowState::TcpEstablished), 432_000);
     }

@@ -123,6 +123,11 @@ counters! {
     /// window the pod advertised: passed on to the pod (its stack judges
     /// it), the flow's state left as it was.
     TcpOutOfWindow = "tcp_out_of_window",
+    /// Dropped: a pod's new flow past `--ct-max-per-pod`.
+    DropPodFlowLimit = "drop_pod_flow_limit",
+    /// An unreplied flow removed to make room in a full table for a new
+    /// one, as nf_conntrack's early drop does (never an answered flow).
+    FlowsEarlyDropped = "flows_early_dropped",
 }
 
 impl Counter {

@@ -75,7 +75,9 @@ pub struct FlowEntry {
     pub direction: u8,
     /// Protocol state (TCP flags seen); maintained by the datapath.
     pub state: u8,
-    /// bpf_ktime_get_ns() when the flow was created.
+    /// bpf_ktime_get_ns() when the flow was created; in a reply entry,
+    /// once answered, when the first answer came (so the garbage collector
+    /// can tell a UDP stream from a lone request and its answer).
     pub created_ns: u64,
     /// bpf_ktime_get_ns() of the last packet in this direction.
     pub last_seen_ns: u64,

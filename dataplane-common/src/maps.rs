@@ -12,6 +12,12 @@ pub const FRAG_DATAGRAMS: &str = "FRAG_DATAGRAMS";
 /// `LruHashMap<ParkedKey, ParkedFragment>`: fragments that arrived before
 /// their datagram's first fragment.
 pub const FRAG_PARKED: &str = "FRAG_PARKED";
+/// `LruHashMap<u32, u32>`: flows per pod address, for `--ct-max-per-pod`;
+/// counted up by the datapath, recounted by each sweep of `bpfmasq run`.
+pub const POD_FLOWS: &str = "POD_FLOWS";
+/// `Array<FlowKey>`: recently created flows, where a full table looks for
+/// an unreplied one to drop early.
+pub const RECENT_FLOWS: &str = "RECENT_FLOWS";
 /// `PerCpuArray<u64>`, indexed by [`crate::counters::Counter`].
 pub const COUNTERS: &str = "COUNTERS";
 
@@ -25,5 +31,9 @@ pub const PROG_BRIDGE_INGRESS: &str = "bridge_ingress";
 /// Capacity the eBPF object declares for `CONNTRACK`; the loader resizes it
 /// from `--ct-max` (two entries per flow).
 pub const CONNTRACK_DEFAULT_ENTRIES: u32 = 2 * 262_144;
+/// Capacity of `POD_FLOWS`: every address of a /16 pod network.
+pub const POD_FLOWS_ENTRIES: u32 = 65_536;
+/// Slots of `RECENT_FLOWS`.
+pub const RECENT_FLOWS_ENTRIES: u32 = 4096;
 /// Capacity of `NO_MASQ`.
 pub const NO_MASQ_ENTRIES: u32 = 256;

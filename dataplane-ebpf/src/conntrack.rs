@@ -10,7 +10,7 @@ use dataplane_common::{
     ports::{MAX_PORT_ATTEMPTS, candidate_port},
 };
 
-use crate::{counters::count, host_sockets::host_would_receive, maps::CONNTRACK};
+use crate::{admission, counters::count, host_sockets::host_would_receive, maps::CONNTRACK};
 
 const EEXIST: i32 = 17;
 
@@ -20,6 +20,8 @@ pub enum FlowError {
     NoPort,
     /// The table has no room for two more entries.
     TableFull,
+    /// The pod holds its `--ct-max-per-pod` flows already.
+    PodLimit,
 }
 
 /// The original-direction entry of the flow `key` (a pod's outgoing packet),
@@ -42,7 +44,9 @@ pub fn original_entry(
         let _ = CONNTRACK.remove(key.reply_after_snat(addr, port));
         let _ = CONNTRACK.remove(key);
     }
+    admission::admit(key.src_addr, cfg)?;
     create_flow(ctx, key, cfg, now_ns)?;
+    admission::created(key, cfg);
     // Looked up again here rather than returned by `create_flow`: a map
     // value pointer handed back from a BPF-to-BPF call travels through the
     // caller's stack, where verifiers before 6.2 lose track of it.
@@ -95,6 +99,8 @@ fn create_flow(
         match try_port(ctx, key, cfg, attempt, now_ns) {
             Attempt::Created => return Ok(()),
             Attempt::PortTaken => continue,
+            // `uplink_egress` then makes room for the next try
+            // (`admission::early_drop`).
             Attempt::TableFull => return Err(FlowError::TableFull),
         }
     }
@@ -166,6 +172,11 @@ pub fn touch(entry: *mut FlowEntry, now_ns: u64, bytes: u32, seen: u8) {
     // the figures are statistics, never used for a decision.
     unsafe {
         (*entry).last_seen_ns = now_ns;
+        // A reply entry's creation time becomes its first answer's: the
+        // garbage collector tells a UDP stream from a lone answer by it.
+        if (*entry).packets == 0 && (*entry).is_reply() {
+            (*entry).created_ns = now_ns;
+        }
         if (*entry).state | seen != (*entry).state {
             (*entry).state |= seen;
         }

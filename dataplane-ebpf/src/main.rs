@@ -6,6 +6,7 @@
 #![no_std]
 #![no_main]
 
+mod admission;
 mod conntrack;
 mod counters;
 mod fast_path;
@@ -22,12 +23,17 @@ mod tcp_window;
 mod verdict;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use verdict::{Program, Verdict, finish};
+use dataplane_common::counters::Counter;
+use verdict::{Drop, Program, Verdict, finish};
 
 /// SNAT on the uplink's egress: pod source -> NAT address.
 #[classifier]
 pub fn uplink_egress(ctx: TcContext) -> i32 {
-    finish(Program::UplinkEgress, nat::snat(&ctx))
+    let outcome = nat::snat(&ctx);
+    if let Err(Drop(Counter::DropTableFull)) = outcome {
+        admission::early_drop();
+    }
+    finish(Program::UplinkEgress, outcome)
 }
 
 /// Reverse SNAT on the uplink's ingress: NAT address -> pod; a translated

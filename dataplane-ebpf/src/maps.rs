@@ -12,7 +12,7 @@ use dataplane_common::{
     fragments::{
         DATAGRAMS_ENTRIES, DatagramEntry, DatagramKey, PARKED_ENTRIES, ParkedFragment, ParkedKey,
     },
-    maps::{CONNTRACK_DEFAULT_ENTRIES, NO_MASQ_ENTRIES},
+    maps::{CONNTRACK_DEFAULT_ENTRIES, NO_MASQ_ENTRIES, POD_FLOWS_ENTRIES, RECENT_FLOWS_ENTRIES},
 };
 
 #[map]
@@ -26,6 +26,21 @@ pub static CONNTRACK: HashMap<FlowKey, FlowEntry> = HashMap::pinned(CONNTRACK_DE
 /// Destinations never masqueraded: pod CIDR, multicast, broadcast, --no-masq.
 #[map]
 pub static NO_MASQ: LpmTrie<u32, u8> = LpmTrie::pinned(NO_MASQ_ENTRIES, 0);
+
+/// Flows per pod address (`--ct-max-per-pod`). LRU: a pod address gone
+/// for long is forgotten first.
+#[map]
+pub static POD_FLOWS: LruHashMap<u32, u32> = LruHashMap::pinned(POD_FLOWS_ENTRIES, 0);
+
+/// Keys of the most recently created flows, a ring: where a full table
+/// looks for an unreplied flow to drop. Not pinned: a hint.
+#[map]
+pub static RECENT_FLOWS: Array<FlowKey> = Array::with_max_entries(RECENT_FLOWS_ENTRIES, 0);
+
+/// How many flows were ever written into [`RECENT_FLOWS`]: its next slot,
+/// and how much of it is filled.
+#[map]
+pub static RECENT_CURSOR: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);

@@ -48,6 +48,7 @@ impl From<FlowError> for Drop {
         Drop(match error {
             FlowError::NoPort => Counter::DropNoPort,
             FlowError::TableFull => Counter::DropTableFull,
+            FlowError::PodLimit => Counter::DropPodFlowLimit,
         })
     }
 }

@@ -13,7 +13,7 @@ use bpfmasq::datapath::{instance::Instance, pinned};
 use bpfmasq_e2e::{
     Datapath, Lab,
     capture::Capture,
-    daemon_support::Daemon,
+    daemon_support::{Daemon, flows},
     datapath::{attach_args, host_json, uplink_verb_args},
     echo,
     frame::{Packet, Seen},
@@ -90,7 +90,7 @@ fn a_program_already_on_the_uplink_cannot_let_pod_sources_leave() {
     let dp = Datapath::attach(&lab);
     let server = UdpEchoServer::spawn(&lab, OUT, udp_service(), "out");
     let hello = b"hello from c1".to_vec();
-    let reply = udp::exchange(&lab, &container(1), any_port(), udp_service(), &hello)
+    let reply = udp::exchange(&lab, &container(1), pod_port(1), udp_service(), &hello)
         .unwrap_or_else(|e| panic!("c1 had no reply: {e}\n{}", dp.diagnostics()));
     assert_eq!(reply, echo::reply("out", &hello));
     let sources: BTreeSet<Ipv4Addr> = server.stop().iter().map(|r| *r.peer.ip()).collect();
@@ -191,10 +191,6 @@ fn udp_service() -> SocketAddrV4 {
     SocketAddrV4::new(OUTSIDE_ADDR, 5301)
 }
 
-fn any_port() -> SocketAddrV4 {
-    SocketAddrV4::new(container_addr(1), 0)
-}
-
 fn lab_status_text(lab: &Lab) -> String {
     let out = bpfmasq(["--netns", &lab.host_ns(), "status"]);
     assert!(out.status.success(), "{}", describe(&out));
@@ -277,4 +273,98 @@ fn syn_ack_seq(frame: &[u8], server: SocketAddrV4) -> Option<u32> {
     let ip = frame.get(14..)?;
     let tcp = ip.get(usize::from(ip[0] & 0x0f) * 4..)?;
     Some(u32::from_be_bytes(tcp.get(4..8)?.try_into().ok()?))
+}
+
+/// c1 fills the whole table with unanswered UDP flows (to 200 ports of the
+/// peer, in a table of 64 flows): c2's new flow still gets in, because a
+/// full table drops an unreplied flow to make room (never an answered
+/// one), and c2's answer comes back.
+#[test]
+fn one_pods_unreplied_flood_cannot_lock_the_others_out() {
+    let lab = Lab::up("ctflood", 2);
+    let dp = Datapath::attach_with(&lab, &["--ct-max", "64"]);
+    let server = UdpEchoServer::spawn(&lab, OUT, udp_service(), "out");
+    flood_unanswered(&lab, 1, 200);
+    let hello = b"hello from c2".to_vec();
+    let reply = udp::exchange(&lab, &container(2), pod_port(2), udp_service(), &hello)
+        .unwrap_or_else(|e| panic!("c2 was locked out by c1's flood: {e}\n{}", dp.diagnostics()));
+    assert_eq!(reply, echo::reply("out", &hello));
+    drop(server);
+    dp.assert_counter_at_least("flows_early_dropped", 1);
+}
+
+/// With `--ct-max-per-pod 10`, c1's flows past ten are refused and
+/// counted while c2 still gets its own; once c1's flows expired and a
+/// sweep recounted them, c1 may open flows again.
+#[test]
+fn a_pod_past_its_share_is_refused_while_the_others_get_flows() {
+    let lab = Lab::up("podshare", 2);
+    let dp = Datapath::attach_with(
+        &lab,
+        &["--ct-max-per-pod", "10", "--timeout", "udp-unreplied=1"],
+    );
+    let server = UdpEchoServer::spawn(&lab, OUT, udp_service(), "out");
+    flood_unanswered(&lab, 1, 30);
+    dp.assert_counter_at_least("drop_pod_flow_limit", 20);
+    let hello = b"hello".to_vec();
+    udp::exchange(&lab, &container(2), pod_port(2), udp_service(), &hello)
+        .unwrap_or_else(|e| panic!("c2 had no flow of its own: {e}\n{}", dp.diagnostics()));
+    assert!(
+        udp::exchange(&lab, &container(1), pod_port(1), udp_service(), &hello).is_err(),
+        "c1 got an eleventh flow"
+    );
+
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = bpfmasq(["--netns", &lab.host_ns(), "gc"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let reply = udp::exchange(&lab, &container(1), pod_port(1), udp_service(), &hello)
+        .unwrap_or_else(|e| panic!("c1 is still refused after the sweep: {e}"));
+    assert_eq!(reply, echo::reply("out", &hello));
+    drop(server);
+}
+
+/// As nf_conntrack does, a UDP flow with one request and its answer (DNS)
+/// gets the short timeout; one that goes on after its answer is a stream
+/// with the long one.
+#[test]
+fn a_lone_udp_answer_gets_the_short_timeout_and_a_stream_the_long_one() {
+    let lab = Lab::up("udpstream", 1);
+    let _dp = Datapath::attach(&lab);
+    let server = UdpEchoServer::spawn(&lab, OUT, udp_service(), "out");
+    let socket = udp::bind(&lab, &container(1), pod_port(1)).expect("binding in c1");
+    udp::request(&socket, udp_service(), b"query").expect("the first answer");
+    let flow = only_udp_flow(&lab);
+    assert_eq!(flow["state"], "REPLIED", "{flow}");
+    assert!(flow["expires_in_seconds"].as_u64() <= Some(30), "{flow}");
+
+    udp::request(&socket, udp_service(), b"more").expect("the second answer");
+    let flow = only_udp_flow(&lab);
+    assert_eq!(flow["state"], "STREAM", "{flow}");
+    assert!(flow["expires_in_seconds"].as_u64() > Some(100), "{flow}");
+    drop(server);
+}
+
+/// The lab's only UDP flow, as `conntrack list --json` shows it.
+fn only_udp_flow(lab: &Lab) -> Value {
+    let udp: Vec<Value> = flows(lab)
+        .into_iter()
+        .filter(|f| f["proto"] == "udp")
+        .collect();
+    assert_eq!(udp.len(), 1, "{udp:?}");
+    udp.into_iter().next().expect("one flow")
+}
+
+/// Container `c` sends one datagram to each of `count` ports of the peer
+/// where nothing listens: `count` flows that are never answered.
+fn flood_unanswered(lab: &Lab, c: u16, count: u16) {
+    let socket = udp::bind(lab, &container(c), pod_port(c)).expect("binding the flooder");
+    for port in 0..count {
+        let dst = SocketAddrV4::new(OUTSIDE_ADDR, 20_000 + port);
+        socket.send_to(b"anyone?", dst).expect("sending");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+fn pod_port(c: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(container_addr(c), 0)
 }

@@ -34,7 +34,7 @@ use crate::{
         instance::{Instance, netns_label},
         layout, loader,
         options::{AttachOptions, LinkType, Resolved},
-        pinned,
+        pinned, pod_flows,
         tc::{self, AttachRecord, Interfaces},
     },
     inspect::Query,
@@ -380,8 +380,11 @@ impl Daemon {
     /// A failing sweep is reported and retried at the next tick.
     fn sweep(&mut self) -> Result<Option<SweepReport>> {
         self.ensure_pinned()?;
-        let swept = pinned::read_config(&self.instance)
-            .and_then(|config| gc::sweep(&mut self.table, &config));
+        let swept = pinned::read_config(&self.instance).and_then(|config| {
+            let report = gc::sweep(&mut self.table, &config)?;
+            pod_flows::store(&self.instance, &config, &report.pod_flows)?;
+            Ok(report)
+        });
         match swept {
             Ok(report) => {
                 if report.expired + report.rebound + report.orphans > 0 {
@@ -457,6 +460,7 @@ pub fn gc_once(netns: Option<&str>, args: &Query) -> Result<()> {
     let instance = Instance::find(&netns_label(netns)?, args.uplink.as_deref())?;
     let config = pinned::read_config(&instance)?;
     let report = gc::sweep(&mut pinned::conntrack(&instance)?, &config)?;
+    pod_flows::store(&instance, &config, &report.pod_flows)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

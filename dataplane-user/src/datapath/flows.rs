@@ -8,7 +8,7 @@ use super::batch;
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, IterableMap as _, MapData};
 use dataplane_common::{
-    conntrack::{FlowState, Timeouts, flow_state},
+    conntrack::{Answers, FlowState, Timeouts, flow_state},
     flow::{Direction, FlowEntry, FlowKey},
 };
 
@@ -26,12 +26,15 @@ pub struct FlowView {
 impl FlowView {
     pub fn state(&self) -> FlowState {
         let reply = self.reply.unwrap_or_default();
-        flow_state(
-            self.key.proto,
-            self.original.state,
-            reply.state,
-            reply.packets > 0,
-        )
+        let answers = if reply.packets == 0 {
+            Answers::None
+        } else if self.original.last_seen_ns > reply.created_ns {
+            // The reply entry's creation time is its first answer's.
+            Answers::Continued
+        } else {
+            Answers::Replied
+        };
+        flow_state(self.key.proto, self.original.state, reply.state, answers)
     }
 
     /// Last packet in either direction (bpf_ktime_get_ns clock).

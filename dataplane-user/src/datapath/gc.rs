@@ -2,7 +2,10 @@
 //! directions together, as nf_conntrack's timeouts say; flows bound to a
 //! NAT address the uplink no longer has go too (MASQUERADE's flush).
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use aya::maps::IterableMap as _;
@@ -27,6 +30,9 @@ pub struct SweepReport {
     /// Flows whose NAT address is no longer the uplink's.
     pub rebound: usize,
     pub orphans: usize,
+    /// Flows each pod address holds after the sweep (for `--ct-max-per-pod`).
+    #[serde(skip)]
+    pub pod_flows: BTreeMap<u32, u32>,
     #[serde(serialize_with = "as_secs_f64")]
     pub duration: Duration,
 }
@@ -53,6 +59,8 @@ pub fn sweep(table: &mut ConntrackMap, config: &NatConfig) -> Result<SweepReport
         } else if flow.remaining_ns(&config.timeouts, now) == 0 && still_idle(table, flow) {
             doomed.push(flow);
             report.expired += 1;
+        } else {
+            *report.pod_flows.entry(flow.key.src_addr).or_default() += 1;
         }
     }
     remove_flows(table, &doomed)?;

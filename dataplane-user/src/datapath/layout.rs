@@ -24,7 +24,7 @@ struct Expected {
     min_entries: u32,
 }
 
-const EXPECTED: [Expected; 4] = [
+const EXPECTED: [Expected; 5] = [
     Expected {
         name: maps::CONFIG,
         key_size: size_of::<u32>(),
@@ -42,6 +42,12 @@ const EXPECTED: [Expected; 4] = [
         // An LPM key: prefix length, then the address.
         key_size: size_of::<u32>() * 2,
         value_size: size_of::<u8>(),
+        min_entries: 0,
+    },
+    Expected {
+        name: maps::POD_FLOWS,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<u32>(),
         min_entries: 0,
     },
     Expected {

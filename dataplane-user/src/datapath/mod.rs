@@ -12,6 +12,7 @@ pub mod layout;
 pub mod loader;
 pub mod options;
 pub mod pinned;
+pub mod pod_flows;
 pub mod sys;
 pub mod tc;
 pub mod verifier;

@@ -30,6 +30,8 @@ pub struct AttachOptions {
     pub nat_address: Option<Ipv4Addr>,
     /// Maximum number of flows.
     pub ct_max: u32,
+    /// Maximum number of flows per pod address (0: none).
+    pub ct_max_per_pod: u32,
     pub timeouts: Vec<TimeoutOverride>,
     pub link_type: LinkType,
     /// Asked for the fast path (the kernel may not have what it needs).
@@ -143,6 +145,7 @@ pub struct Resolved {
     pub no_masq: Vec<Ipv4Net>,
     pub ports: PortRange,
     pub ct_max: u32,
+    pub ct_max_per_pod: u32,
     pub timeouts: Timeouts,
     /// `--fast-path on`, and the kernel can run it.
     pub fast_path: bool,
@@ -227,6 +230,7 @@ impl Resolved {
                 max: DEFAULT_PORT_MAX,
             }),
             ct_max: args.ct_max,
+            ct_max_per_pod: args.ct_max_per_pod,
             timeouts: timeouts(&args.timeouts),
             fast_path: args.fast_path && kernel.fast_path_unavailable().is_none(),
             kernel,
@@ -246,6 +250,7 @@ impl Resolved {
             bridge_ifindex: self.bridge_ifindex,
             timeouts: self.timeouts,
             ct_max: self.ct_max,
+            ct_max_per_pod: self.ct_max_per_pod,
             flags: if self.fast_path { FLAG_FAST_PATH } else { 0 },
             ..Default::default()
         }

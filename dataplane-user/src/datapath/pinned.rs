@@ -45,6 +45,11 @@ pub fn conntrack(instance: &Instance) -> Result<HashMap<MapData, FlowKey, FlowEn
     Ok(open(instance, maps::CONNTRACK)?.try_into()?)
 }
 
+pub fn pod_flows(instance: &Instance) -> Result<HashMap<MapData, u32, u32>> {
+    layout::check(instance)?;
+    Ok(open(instance, maps::POD_FLOWS)?.try_into()?)
+}
+
 pub fn counters(instance: &Instance) -> Result<PerCpuArray<MapData, u64>> {
     layout::check(instance)?;
     Ok(open(instance, maps::COUNTERS)?.try_into()?)

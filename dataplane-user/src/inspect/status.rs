@@ -53,6 +53,8 @@ struct Status {
     port_range: String,
     timeouts: serde_json::Map<String, serde_json::Value>,
     ct_max: u32,
+    /// `--ct-max-per-pod` (0: no limit but the table's).
+    ct_max_per_pod: u32,
     flows: usize,
     table_entries: usize,
     table_capacity: u32,
@@ -134,6 +136,7 @@ pub fn status(netns: Option<&str>, query: &Query) -> Result<()> {
             .map(|(n, v)| ((*n).to_owned(), (*v).into()))
             .collect(),
         ct_max: config.ct_max,
+        ct_max_per_pod: config.ct_max_per_pod,
         flows: snapshot.flows.len(),
         table_entries: snapshot.entries,
         table_capacity: config.ct_max.saturating_mul(2),
@@ -176,6 +179,9 @@ pub fn status(netns: Option<&str>, query: &Query) -> Result<()> {
         "table        {} flows, {} of {} entries ({} flows max)",
         status.flows, status.table_entries, status.table_capacity, status.ct_max
     );
+    if status.ct_max_per_pod != 0 {
+        println!("per pod      {} flows max", status.ct_max_per_pod);
+    }
     let timeouts: Vec<String> = status
         .timeouts
         .iter()

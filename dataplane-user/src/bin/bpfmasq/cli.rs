@@ -169,9 +169,15 @@ pub struct AttachArgs {
     /// Maximum number of tracked flows (like nf_conntrack_max).
     #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
     pub ct_max: u32,
+    /// Most flows one pod address may hold, so that one pod opening flows to everywhere cannot
+    /// lock the others out (0: no limit but --ct-max). New flows past it are dropped and counted
+    /// (drop_pod_flow_limit); `bpfmasq run` recounts every pod's flows each sweep.
+    #[arg(long, default_value_t = 0, value_name = "FLOWS")]
+    pub ct_max_per_pod: u32,
     /// Idle timeout override, NAME=SECONDS (repeatable); names: tcp-syn-sent, tcp-syn-recv,
     /// tcp-established, tcp-fin-wait, tcp-close-wait, tcp-time-wait, tcp-close, udp-unreplied,
-    /// udp-replied, icmp. Defaults are nf_conntrack's (e.g. tcp-established=432000, udp-unreplied=30).
+    /// udp-replied, udp-stream, icmp. Defaults are nf_conntrack's (e.g. tcp-established=432000,
+    /// udp-unreplied=30, udp-replied=30 for a lone answer, udp-stream=120 once traffic follows it).
     #[arg(long = "timeout", value_name = "NAME=SECONDS")]
     pub timeouts: Vec<TimeoutOverride>,
     /// How to attach the TC programs.
@@ -281,6 +287,7 @@ impl From<AttachArgs> for AttachOptions {
             port_range: args.port_range,
             nat_address: args.nat_address,
             ct_max: args.ct_max,
+            ct_max_per_pod: args.ct_max_per_pod,
             timeouts: args.timeouts,
             link_type: args.link_type.into(),
             fast_path: args.fast_path == Switch::On,
