@@ -8,8 +8,17 @@
 /// datagram travel back to back; Linux gives reassembly 30 s, but state for
 /// a datagram that never completes should not outlive a burst by much.
 pub const DATAGRAM_TIMEOUT_NS: u64 = 3_000_000_000;
-/// Capacity of `FRAG_DATAGRAMS`: datagrams in flight at once.
+/// Capacity of `FRAG_DATAGRAMS`: incoming datagrams in flight at once.
 pub const DATAGRAMS_ENTRIES: u32 = 8192;
+/// Capacity of `FRAG_CLAIMS`: outgoing datagrams in flight at once. A map
+/// of their own, so that fragments from outside can never evict them.
+pub const CLAIMS_ENTRIES: u32 = 8192;
+/// Incoming datagrams one source may have tracked per
+/// [`DATAGRAM_TIMEOUT_NS`]: beyond it, its fragments are left to the host,
+/// so one sender cannot fill the tables everyone else's datagrams need.
+pub const MAX_DATAGRAMS_PER_SOURCE: u32 = 64;
+/// Capacity of `FRAG_SOURCES`: sources with incoming fragments at once.
+pub const SOURCES_ENTRIES: u32 = 4096;
 /// Most fragments held for one datagram whose first fragment has not come
 /// yet (a 64 KiB datagram at MTU 1500 has 44; 8000 bytes has 6).
 pub const MAX_PARKED_PER_DATAGRAM: u32 = 16;
@@ -78,6 +87,41 @@ impl DatagramEntry {
     }
 }
 
+/// How many incoming datagrams one source started in its current window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceBudget {
+    pub window_start_ns: u64,
+    pub datagrams: u32,
+    pub _pad: u32,
+}
+
+impl SourceBudget {
+    /// A budget whose window starts now with one datagram counted.
+    pub const fn first(now_ns: u64) -> Self {
+        Self {
+            window_start_ns: now_ns,
+            datagrams: 1,
+            _pad: 0,
+        }
+    }
+
+    /// Counts one more datagram of this source; false if it has had its
+    /// [`MAX_DATAGRAMS_PER_SOURCE`] in this window.
+    #[inline(always)]
+    pub fn admit(&mut self, now_ns: u64) -> bool {
+        if now_ns.wrapping_sub(self.window_start_ns) >= DATAGRAM_TIMEOUT_NS {
+            *self = Self::first(now_ns);
+            return true;
+        }
+        if self.datagrams >= MAX_DATAGRAMS_PER_SOURCE {
+            return false;
+        }
+        self.datagrams += 1;
+        true
+    }
+}
+
 /// A held fragment's slot: its datagram and its arrival rank.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -111,6 +155,18 @@ mod tests {
         assert!(entry.is_fresh(1_000));
         assert!(entry.is_fresh(1_000 + DATAGRAM_TIMEOUT_NS - 1));
         assert!(!entry.is_fresh(1_000 + DATAGRAM_TIMEOUT_NS));
+    }
+
+    #[test]
+    fn a_source_gets_its_share_of_datagrams_per_window() {
+        let mut budget = SourceBudget::first(0);
+        for _ in 1..MAX_DATAGRAMS_PER_SOURCE {
+            assert!(budget.admit(10));
+        }
+        assert!(!budget.admit(10));
+        assert!(!budget.admit(DATAGRAM_TIMEOUT_NS - 1));
+        assert!(budget.admit(DATAGRAM_TIMEOUT_NS));
+        assert_eq!(budget.datagrams, 1);
     }
 
     #[test]

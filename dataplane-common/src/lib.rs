@@ -32,4 +32,5 @@ mod pod {
     unsafe impl aya::Pod for crate::fragments::DatagramEntry {}
     unsafe impl aya::Pod for crate::fragments::ParkedKey {}
     unsafe impl aya::Pod for crate::fragments::ParkedFragment {}
+    unsafe impl aya::Pod for crate::fragments::SourceBudget {}
 }

@@ -8,7 +8,9 @@
 //! know their pod, which only the first fragment tells: the first fragment
 //! records it for the rest, and fragments that arrive before it are held
 //! (parked) and sent on, translated, when it arrives. All of it is bounded
-//! and short-lived (see [`dataplane_common::fragments`]).
+//! and short-lived (see [`dataplane_common::fragments`]); what outside
+//! senders can create is kept apart from the outgoing claims and bounded per
+//! source, so a flood of fragments cannot push out anyone else's state.
 
 use aya_ebpf::{
     bindings::{BPF_F_INGRESS, BPF_F_RECOMPUTE_CSUM, BPF_NOEXIST},
@@ -20,14 +22,14 @@ use dataplane_common::{
     counters::Counter,
     fragments::{
         DatagramEntry, DatagramKey, MAX_PARKED_PER_DATAGRAM, PARKED_MAX_LEN, ParkedFragment,
-        ParkedKey, verifier_len,
+        ParkedKey, SourceBudget, verifier_len,
     },
 };
 use network_types::eth::EthHdr;
 
 use crate::{
     counters::count,
-    maps::{FRAG_DATAGRAMS, FRAG_PARKED, FRAG_SCRATCH},
+    maps::{FRAG_CLAIMS, FRAG_DATAGRAMS, FRAG_PARKED, FRAG_SCRATCH, FRAG_SOURCES},
     offsets::{IPV4_CHECK, IPV4_DST, IPV4_MIN_LEN},
     packet::Ipv4,
     rewrite::{Endpoint, rewrite_address},
@@ -48,7 +50,7 @@ const RELEASED_MARK: u32 = u32::from_be_bytes(*b"frag");
 pub fn claim_outgoing(ip: &Ipv4, nat_addr: u32, now_ns: u64) -> Result<(), Drop> {
     let key = DatagramKey::new(nat_addr, ip.dst, ip.id, ip.proto);
     let mut flags = BPF_NOEXIST as u64;
-    if let Some(entry) = FRAG_DATAGRAMS.get_ptr_mut(key) {
+    if let Some(entry) = FRAG_CLAIMS.get_ptr_mut(key) {
         // SAFETY: map value pointer, valid for this run.
         let entry = unsafe { &*entry };
         if entry.is_fresh(now_ns) {
@@ -60,7 +62,7 @@ pub fn claim_outgoing(ip: &Ipv4, nat_addr: u32, now_ns: u64) -> Result<(), Drop>
         }
         flags = 0; // a stale claim is taken over
     }
-    FRAG_DATAGRAMS
+    FRAG_CLAIMS
         .insert(key, DatagramEntry::new(ip.src, now_ns), flags)
         .map_err(|_| Drop(Counter::DropFragment))
 }
@@ -81,9 +83,14 @@ pub fn unsnat_later(ctx: &TcContext, ip: &Ipv4, now_ns: u64) -> Outcome {
         return Ok(Verdict::Pass(Counter::PassedFragmentNotHeld));
     };
     // SAFETY: map value pointer, valid for this run.
-    let addr = unsafe { (*entry).addr };
+    let mut addr = unsafe { (*entry).addr };
     if addr == 0 {
-        return Ok(park(ctx, ip, &key, entry));
+        match park(ctx, ip, &key, entry) {
+            Parked::Held(verdict) => return Ok(verdict),
+            // The first fragment came while this one was being held, too
+            // late to release it: it goes on now, like any later fragment.
+            Parked::FirstCame(first_addr) => addr = first_addr,
+        }
     }
     if addr == ip.dst {
         // The first fragment was for the host itself.
@@ -140,7 +147,8 @@ pub fn is_released(ctx: &TcContext) -> bool {
     true
 }
 
-/// The fresh entry of `key`, or a new empty one in its place.
+/// The fresh entry of `key`, or a new empty one in its place if its source
+/// is within its budget.
 #[inline(always)]
 fn fresh_or_new(key: &DatagramKey, now_ns: u64) -> Option<*mut DatagramEntry> {
     if let Some(entry) = FRAG_DATAGRAMS.get_ptr_mut(key) {
@@ -149,22 +157,53 @@ fn fresh_or_new(key: &DatagramKey, now_ns: u64) -> Option<*mut DatagramEntry> {
             return Some(entry);
         }
     }
+    if !source_admits(key.src_addr, now_ns) {
+        return None;
+    }
     FRAG_DATAGRAMS
         .insert(key, DatagramEntry::new(0, now_ns), 0)
         .ok()?;
     FRAG_DATAGRAMS.get_ptr_mut(key)
 }
 
+/// Counts a new incoming datagram against its source's budget.
+#[inline(always)]
+fn source_admits(src: u32, now_ns: u64) -> bool {
+    match FRAG_SOURCES.get_ptr_mut(&src) {
+        // SAFETY: map value pointer, valid for this run. Not atomic: two
+        // CPUs may each count one datagram as the same.
+        Some(budget) => unsafe { (*budget).admit(now_ns) },
+        None => FRAG_SOURCES
+            .insert(&src, &SourceBudget::first(now_ns), 0)
+            .is_ok(),
+    }
+}
+
+/// What [`park`] did with a fragment.
+enum Parked {
+    /// Held (`Taken`) or left to the host (`Pass`).
+    Held(Verdict),
+    /// The datagram's first fragment arrived meanwhile, with this address
+    /// for the rest; the fragment was not held.
+    FirstCame(u32),
+}
+
 /// Holds a fragment whose datagram's first fragment has not arrived: copies
 /// it into `FRAG_PARKED` and drops the original.
+///
+/// The first fragment may arrive on another CPU while this runs, and
+/// release the held fragments it finds: one held after that would wait
+/// for nothing. So once held, the datagram is looked at again; if its first
+/// fragment came, the copy is taken back (unless the release already sent
+/// it) and the fragment goes on as it is.
 // The scratch value is passed by reference on purpose: a copy of it would
 // not fit the 512-byte BPF stack.
 #[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
-fn park(ctx: &TcContext, ip: &Ipv4, key: &DatagramKey, entry: *mut DatagramEntry) -> Verdict {
+fn park(ctx: &TcContext, ip: &Ipv4, key: &DatagramKey, entry: *mut DatagramEntry) -> Parked {
     // Left to the host as before bpfmasq: its own datagrams still reassemble
     // there; one for a pod is lost either way.
-    const REFUSED: Verdict = Verdict::Pass(Counter::PassedFragmentNotHeld);
+    const REFUSED: Parked = Parked::Held(Verdict::Pass(Counter::PassedFragmentNotHeld));
     // SAFETY: map value pointer, valid for this run.
     let slot = unsafe { (*entry).parked };
     let len = ip.total_len as u32;
@@ -195,8 +234,12 @@ fn park(ctx: &TcContext, ip: &Ipv4, key: &DatagramKey, entry: *mut DatagramEntry
             return REFUSED;
         }
         (*entry).parked = slot + 1;
+        let first_addr = (*entry).addr;
+        if first_addr != 0 && FRAG_PARKED.remove(parked_key).is_ok() {
+            return Parked::FirstCame(first_addr);
+        }
     }
-    Verdict::Taken(Counter::ParkedFragment)
+    Parked::Held(Verdict::Taken(Counter::ParkedFragment))
 }
 
 /// Sends the first fragment and then every held one of its datagram, each

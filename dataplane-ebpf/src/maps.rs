@@ -10,7 +10,8 @@ use dataplane_common::{
     counters::Counter,
     flow::{FlowEntry, FlowKey},
     fragments::{
-        DATAGRAMS_ENTRIES, DatagramEntry, DatagramKey, PARKED_ENTRIES, ParkedFragment, ParkedKey,
+        CLAIMS_ENTRIES, DATAGRAMS_ENTRIES, DatagramEntry, DatagramKey, PARKED_ENTRIES,
+        ParkedFragment, ParkedKey, SOURCES_ENTRIES, SourceBudget,
     },
     maps::{CONNTRACK_DEFAULT_ENTRIES, NO_MASQ_ENTRIES, POD_FLOWS_ENTRIES, RECENT_FLOWS_ENTRIES},
 };
@@ -45,11 +46,22 @@ pub static RECENT_CURSOR: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
 
-/// Fragmented datagrams in flight. LRU and not pinned: bounded, self-cleaning
-/// state that is worthless after a few seconds anyway.
+/// Incoming fragmented datagrams in flight. LRU and not pinned: bounded,
+/// self-cleaning state that is worthless after a few seconds anyway.
 #[map]
 pub static FRAG_DATAGRAMS: LruHashMap<DatagramKey, DatagramEntry> =
     LruHashMap::with_max_entries(DATAGRAMS_ENTRIES, 0);
+
+/// Outgoing datagrams' IP ID claims: apart from the incoming datagrams, so
+/// that what outside senders send can never evict them.
+#[map]
+pub static FRAG_CLAIMS: LruHashMap<DatagramKey, DatagramEntry> =
+    LruHashMap::with_max_entries(CLAIMS_ENTRIES, 0);
+
+/// Incoming datagrams tracked per source and window, to bound each source.
+#[map]
+pub static FRAG_SOURCES: LruHashMap<u32, SourceBudget> =
+    LruHashMap::with_max_entries(SOURCES_ENTRIES, 0);
 
 /// Incoming fragments that arrived before their datagram's first fragment.
 #[map]

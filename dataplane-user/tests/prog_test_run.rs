@@ -21,7 +21,9 @@ use bpfmasq::datapath::{
 use dataplane_common::{counters::Counter, maps};
 use ipnet::Ipv4Net;
 
-const TC_ACT_OK: u32 = 0;
+/// What a program returns for a packet that goes on: TC_ACT_UNSPEC (tcx's
+/// TCX_NEXT, -1), so programs after bpfmasq on the hook still see it.
+const GOES_ON: u32 = u32::MAX;
 const TC_ACT_SHOT: u32 = 2;
 const POD1: Ipv4Addr = Ipv4Addr::new(10, 85, 0, 2);
 const POD2: Ipv4Addr = Ipv4Addr::new(10, 85, 0, 3);
@@ -76,6 +78,7 @@ impl Programs {
             no_masq,
             ports,
             ct_max: 1024,
+            ct_max_per_pod: 0,
             timeouts: Default::default(),
             fast_path,
             kernel: Kernel::probe(),
@@ -284,7 +287,7 @@ fn udp_is_masqueraded_and_reversed_with_valid_checksums() {
         maps::PROG_UPLINK_EGRESS,
         &frame(POD1, PEER, 17, udp(40000, 53, b"query"), 0, false),
     );
-    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(verdict, GOES_ON);
     let out = parse_and_verify(&out);
     assert_eq!(
         (out.src, out.sport, out.dst, out.dport),
@@ -296,7 +299,7 @@ fn udp_is_masqueraded_and_reversed_with_valid_checksums() {
         maps::PROG_UPLINK_INGRESS,
         &frame(PEER, NAT, 17, udp(53, 40000, b"answer"), 0, false),
     );
-    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(verdict, GOES_ON);
     let back = parse_and_verify(&back);
     assert_eq!((back.src, back.dst, back.dport), (PEER, POD1, 40000));
     assert_eq!(p.counter(Counter::TranslatedOut), 1);
@@ -310,7 +313,7 @@ fn udp_zero_checksum_stays_zero() {
         maps::PROG_UPLINK_EGRESS,
         &frame(POD1, PEER, 17, udp(40001, 9, b"x"), 0, true),
     );
-    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(verdict, GOES_ON);
     assert_eq!(
         out[ETH_LEN + IP_LEN + 6..ETH_LEN + IP_LEN + 8],
         [0, 0],
@@ -330,7 +333,7 @@ fn second_pod_with_same_port_gets_another_port() {
         maps::PROG_UPLINK_EGRESS,
         &frame(POD2, PEER, 6, tcp_syn(45000, 80), 0, false),
     );
-    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(verdict, GOES_ON);
     let (first, second) = (parse_and_verify(&first), parse_and_verify(&second));
     assert_eq!((first.src, first.sport), (NAT, 45000));
     assert_eq!(second.src, NAT);
@@ -387,7 +390,7 @@ fn exhausted_range_drops_instead_of_leaking() {
         maps::PROG_UPLINK_EGRESS,
         &frame(POD1, PEER, 17, udp(5000, 53, b"a"), 0, false),
     );
-    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(verdict, GOES_ON);
     let (verdict, _) = p.run(
         maps::PROG_UPLINK_EGRESS,
         &frame(POD2, PEER, 17, udp(5000, 53, b"b"), 0, false),
@@ -424,7 +427,7 @@ fn fragments_are_translated_whatever_their_order() {
     // source address changes.
     let later = frame(POD1, PEER, 17, vec![7; 16], LATER_FRAGMENT, true);
     let (verdict, out) = p.run(maps::PROG_UPLINK_EGRESS, &later);
-    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(verdict, GOES_ON);
     assert_eq!(ip_addresses(&out), (NAT, PEER));
     assert_eq!(out[ETH_LEN + IP_LEN..], later[ETH_LEN + IP_LEN..]);
     let first = frame(
@@ -436,7 +439,7 @@ fn fragments_are_translated_whatever_their_order() {
         false,
     );
     let (verdict, out) = p.run(maps::PROG_UPLINK_EGRESS, &first);
-    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(verdict, GOES_ON);
     let out = parse_and_verify(&out);
     assert_eq!((out.src, out.sport), (NAT, 4000));
     // Another pod's datagram with the same IP ID to the same peer would
@@ -455,12 +458,12 @@ fn fragments_are_translated_whatever_their_order() {
         false,
     );
     let (verdict, back) = p.run(maps::PROG_UPLINK_INGRESS, &reply_first);
-    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(verdict, GOES_ON);
     let back = parse_and_verify(&back);
     assert_eq!((back.dst, back.dport), (POD1, 4000));
     let reply_later = frame(PEER, NAT, 17, vec![9; 16], LATER_FRAGMENT, true);
     let (verdict, back) = p.run(maps::PROG_UPLINK_INGRESS, &reply_later);
-    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(verdict, GOES_ON);
     assert_eq!(ip_addresses(&back), (PEER, POD1));
     assert_eq!(p.counter(Counter::TranslatedFragment), 2);
 
@@ -501,7 +504,7 @@ fn host_and_excluded_traffic_pass_untouched() {
     let host = frame(NAT, PEER, 17, udp(1234, 53, b"host"), 0, false);
     assert_eq!(
         p.run(maps::PROG_UPLINK_EGRESS, &host),
-        (TC_ACT_OK, host.clone())
+        (GOES_ON, host.clone())
     );
     let multicast = frame(
         POD1,
@@ -513,12 +516,12 @@ fn host_and_excluded_traffic_pass_untouched() {
     );
     assert_eq!(
         p.run(maps::PROG_UPLINK_EGRESS, &multicast),
-        (TC_ACT_OK, multicast.clone())
+        (GOES_ON, multicast.clone())
     );
     let stray = frame(PEER, NAT, 17, udp(53, 9999, b"nobody asked"), 0, false);
     assert_eq!(
         p.run(maps::PROG_UPLINK_INGRESS, &stray),
-        (TC_ACT_OK, stray.clone())
+        (GOES_ON, stray.clone())
     );
     assert_eq!(p.counter(Counter::PassedNotPod), 1);
     assert_eq!(p.counter(Counter::PassedExcluded), 1);
@@ -549,7 +552,7 @@ fn icmp_error_quoting_a_masqueraded_packet_goes_back_to_the_pod() {
         maps::PROG_UPLINK_INGRESS,
         &frame(PEER, NAT, 1, icmp, 0, false),
     );
-    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(verdict, GOES_ON);
     let outer = parse_and_verify(&back);
     assert_eq!(outer.dst, POD1, "outer destination back to the pod");
 
@@ -574,7 +577,7 @@ fn icmp_error_quoting_a_masqueraded_packet_goes_back_to_the_pod() {
     let unrelated = frame(PEER, NAT, 1, icmp, 0, false);
     assert_eq!(
         p.run(maps::PROG_UPLINK_INGRESS, &unrelated),
-        (TC_ACT_OK, unrelated.clone())
+        (GOES_ON, unrelated.clone())
     );
 }
 
@@ -628,7 +631,7 @@ fn the_fast_path_leaves_what_it_cannot_forward_untouched_and_says_why() {
     ];
     for (n, (f, reason)) in cases.iter().enumerate() {
         let (verdict, out) = p.run(maps::PROG_BRIDGE_INGRESS, f);
-        assert_eq!(verdict, TC_ACT_OK, "{reason:?}: to the host stack");
+        assert_eq!(verdict, GOES_ON, "{reason:?}: to the host stack");
         assert_eq!(&out, f, "{reason:?}: the frame must be left as it was");
         assert!(p.counter(*reason) >= 1, "{reason:?} not counted (case {n})");
     }
@@ -640,7 +643,7 @@ fn with_the_fast_path_off_the_bridge_program_passes_everything() {
     let mut p = Programs::load("fastoff", FULL_RANGE);
     let f = to_this_host(frame(POD1, PEER, 17, udp(5000, 53, b"q"), 0, false));
     let (verdict, out) = p.run(maps::PROG_BRIDGE_INGRESS, &f);
-    assert_eq!((verdict, out), (TC_ACT_OK, f));
+    assert_eq!((verdict, out), (GOES_ON, f));
     let counted: u64 = Counter::ALL.iter().map(|&c| p.counter(c)).sum();
     assert_eq!(counted, 0, "the dormant program counted something");
 }

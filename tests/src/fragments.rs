@@ -3,7 +3,7 @@
 //! handed as they are): how the tests make fragments arrive out of order.
 
 use std::{
-    net::{SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     time::Duration,
 };
 
@@ -66,6 +66,33 @@ for f in chosen:
 sock.close()
 print(len(chosen))
 "#;
+
+const FLOOD: &str = r#"
+import sys
+from scapy.all import IP, Raw
+from scapy.supersocket import L3RawSocket
+src, dst, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sock = L3RawSocket()
+for ip_id in range(count):
+    sock.send(IP(src=src, dst=dst, id=ip_id + 1, proto=17, frag=185) / Raw(b"x" * 64))
+sock.close()
+"#;
+
+/// Sends, from `node`, one later fragment (never the first) of each of
+/// `count` UDP datagrams, with source address `src` (spoofed or not) to
+/// `dst`: datagrams whose first fragment never comes.
+pub fn flood_later_fragments(lab: &Lab, node: &str, src: Ipv4Addr, dst: Ipv4Addr, count: u32) {
+    let args = [
+        "/usr/bin/python3".to_owned(),
+        "-c".to_owned(),
+        FLOOD.to_owned(),
+        src.to_string(),
+        dst.to_string(),
+        count.to_string(),
+    ];
+    let out = lab.exec_within(node, &args, SEND_TIMEOUT);
+    process::success(&out).unwrap_or_else(|e| panic!("flooding fragments from {node}: {e}"));
+}
 
 /// Sends `datagram`'s fragments from `node` in `order`; returns how many
 /// fragments were sent.

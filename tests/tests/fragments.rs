@@ -4,7 +4,7 @@
 //! for the host itself still reaches the host.
 
 use std::{
-    net::{SocketAddr, SocketAddrV4, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
     thread,
     time::Duration,
 };
@@ -28,6 +28,9 @@ const UDP_HEADER: usize = 8;
 const DATAGRAM_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most fragments held for one datagram (`MAX_PARKED_PER_DATAGRAM`).
 const MAX_PARKED_PER_DATAGRAM: u64 = 16;
+/// Most incoming datagrams tracked per source and window
+/// (`MAX_DATAGRAMS_PER_SOURCE`).
+const MAX_DATAGRAMS_PER_SOURCE: u64 = 64;
 
 fn server(lab: &Lab) -> UdpEchoServer {
     UdpEchoServer::spawn(
@@ -129,6 +132,44 @@ fn an_answer_whose_first_fragment_arrives_last_reaches_the_container_intact() {
     let held = sent as u64 - 1;
     dp.assert_counter_at_least("parked_fragment", held);
     dp.assert_counter_at_least("released_fragment", held);
+}
+
+/// One sender (here a spoofed address) sends later fragments of 300
+/// datagrams whose first fragments never come: the datapath tracks and holds
+/// at most its share of 64, leaves the rest to the host, and another
+/// sender's answer, first fragment last, still reaches the container whole.
+#[test]
+fn one_senders_fragment_flood_is_bounded_and_others_still_get_through() {
+    let lab = Lab::up("frag-flood", 1);
+    let dp = Datapath::attach(&lab);
+    let server = server(&lab);
+    let (socket, nat_side) = flow_to_server(&lab, &server);
+    let spoofed = Ipv4Addr::new(203, 0, 113, 7);
+    fragments::flood_later_fragments(&lab, OUT, spoofed, *nat_side.ip(), 300);
+    let stats = dp.stats();
+    assert_eq!(
+        counter(&stats, "parked_fragment"),
+        Some(MAX_DATAGRAMS_PER_SOURCE),
+        "one source's held datagrams are bounded\n{}",
+        dp.diagnostics()
+    );
+    assert!(counter(&stats, "passed_fragment_not_held") >= Some(300 - MAX_DATAGRAMS_PER_SOURCE));
+
+    let answer = pattern::bytes(5, LARGE);
+    let datagram = Datagram {
+        from: server_addr(),
+        to: nat_side,
+        ip_id: 0x5151,
+        payload: &answer,
+    };
+    fragments::send(&lab, OUT, &datagram, Order::FirstLast);
+    let (received, _) = receive(&socket).unwrap_or_else(|| {
+        panic!(
+            "the real server's answer was lost to the flood\n{}",
+            dp.diagnostics()
+        )
+    });
+    assert!(received == answer, "the answer arrived changed");
 }
 
 #[test]
