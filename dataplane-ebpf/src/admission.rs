@@ -34,7 +34,7 @@ pub fn admit(pod: u32, cfg: &NatConfig) -> Result<(), FlowError> {
         return Ok(());
     }
     // SAFETY: map value read, valid for this run.
-    match unsafe { POD_FLOWS.get(&pod) } {
+    match unsafe { POD_FLOWS.get(pod) } {
         Some(&held) if held >= cfg.ct_max_per_pod => Err(FlowError::PodLimit),
         _ => Ok(()),
     }
@@ -57,12 +57,12 @@ pub fn created(key: &FlowKey, cfg: &NatConfig) {
     if cfg.ct_max_per_pod == 0 {
         return;
     }
-    match POD_FLOWS.get_ptr_mut(&key.src_addr) {
+    match POD_FLOWS.get_ptr_mut(key.src_addr) {
         // SAFETY: map value pointer, valid for this run. Not atomic: two
         // CPUs may lose a count, which the next sweep's recount restores.
         Some(held) => unsafe { *held += 1 },
         None => {
-            let _ = POD_FLOWS.insert(&key.src_addr, &1, 0);
+            let _ = POD_FLOWS.insert(key.src_addr, 1, 0);
         }
     }
 }
@@ -93,13 +93,13 @@ pub fn early_drop() -> u32 {
         let reply_key =
             unsafe { key.reply_after_snat((*original).rewrite_addr, (*original).rewrite_port) };
         // SAFETY: map value read, valid for this run.
-        let answered = unsafe { CONNTRACK.get(&reply_key) }.is_none_or(|reply| reply.packets != 0);
+        let answered = unsafe { CONNTRACK.get(reply_key) }.is_none_or(|reply| reply.packets != 0);
         if answered {
             continue;
         }
         // Original half first: once it is gone nothing uses the port.
-        let _ = CONNTRACK.remove(&key);
-        let _ = CONNTRACK.remove(&reply_key);
+        let _ = CONNTRACK.remove(key);
+        let _ = CONNTRACK.remove(reply_key);
         count(Counter::FlowsEarlyDropped);
         return 1;
     }

@@ -169,12 +169,12 @@ fn fresh_or_new(key: &DatagramKey, now_ns: u64) -> Option<*mut DatagramEntry> {
 /// Counts a new incoming datagram against its source's budget.
 #[inline(always)]
 fn source_admits(src: u32, now_ns: u64) -> bool {
-    match FRAG_SOURCES.get_ptr_mut(&src) {
+    match FRAG_SOURCES.get_ptr_mut(src) {
         // SAFETY: map value pointer, valid for this run. Not atomic: two
         // CPUs may each count one datagram as the same.
         Some(budget) => unsafe { (*budget).admit(now_ns) },
         None => FRAG_SOURCES
-            .insert(&src, &SourceBudget::first(now_ns), 0)
+            .insert(src, SourceBudget::first(now_ns), 0)
             .is_ok(),
     }
 }
