@@ -1,16 +1,15 @@
-//! The TC programs run on crafted frames with BPF_PROG_TEST_RUN: the
+//! The TC programs run on crafted frames with BPF_PROG_TEST_RUN (aya's
+//! `TestRun`): the
 //! simplest exact check of header rewriting and checksums, without a
 //! network. Each test loads its own copy with maps pinned in a folder of its
 //! own, removed afterwards. Needs root (CI runs it through `cargo xtask test`).
 
-use std::{
-    net::Ipv4Addr,
-    os::fd::{AsFd as _, AsRawFd as _},
-};
+use std::net::Ipv4Addr;
 
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray},
+    programs::{TestRun as _, TestRunOptions},
 };
 use bpfmasq::datapath::{
     instance::Instance,
@@ -91,35 +90,16 @@ impl Programs {
     /// Runs `program` on `frame`; returns the verdict and the frame after it.
     fn run(&mut self, program: &str, frame: &[u8]) -> (u32, Vec<u8>) {
         let prog = loader::classifier(&mut self.ebpf, program).unwrap();
-        let fd = prog.fd().unwrap().as_fd().as_raw_fd();
         let mut out = vec![0u8; frame.len() + 256];
-        let mut attr = TestRunAttr {
-            prog_fd: fd as u32,
-            data_size_in: frame.len() as u32,
-            data_size_out: out.len() as u32,
-            data_in: frame.as_ptr() as u64,
-            data_out: out.as_mut_ptr() as u64,
-            repeat: 1,
-            ..Default::default()
-        };
-        // SAFETY: attr is a valid bpf_attr prefix for BPF_PROG_TEST_RUN, its
-        // buffers outlive the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_TEST_RUN,
-                &mut attr as *mut TestRunAttr,
-                size_of::<TestRunAttr>(),
-            )
-        };
-        assert_eq!(
-            rc,
-            0,
-            "BPF_PROG_TEST_RUN failed: {}",
-            std::io::Error::last_os_error()
-        );
-        out.truncate(attr.data_size_out as usize);
-        (attr.retval, out)
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {program} failed: {e}"));
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
     }
 
     fn counter(&self, counter: Counter) -> u64 {
@@ -129,28 +109,6 @@ impl Programs {
     }
 }
 
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
 
 // ---- frame crafting and checking ----
 
