@@ -14,6 +14,9 @@ pub const FRAG_DATAGRAMS: &str = "FRAG_DATAGRAMS";
 pub const FRAG_PARKED: &str = "FRAG_PARKED";
 /// `PerCpuArray<u64>`, indexed by [`crate::counters::Counter`].
 pub const COUNTERS: &str = "COUNTERS";
+/// `HashMap<u32, PodRecord>`: the containers the CNI plugin attached, by
+/// pod IPv4 address (see [`crate::pods`]).
+pub const PODS: &str = "PODS";
 
 /// TC program on the uplink's egress: SNAT.
 pub const PROG_UPLINK_EGRESS: &str = "uplink_egress";

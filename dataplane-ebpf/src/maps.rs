@@ -2,6 +2,7 @@
 //! under /sys/fs/bpf/bpfmasq/ so state outlives the loading process.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
@@ -13,6 +14,7 @@ use dataplane_common::{
         DATAGRAMS_ENTRIES, DatagramEntry, DatagramKey, PARKED_ENTRIES, ParkedFragment, ParkedKey,
     },
     maps::{CONNTRACK_DEFAULT_ENTRIES, NO_MASQ_ENTRIES},
+    pods::{PODS_ENTRIES, PodRecord},
 };
 
 #[map]
@@ -26,6 +28,12 @@ pub static CONNTRACK: HashMap<FlowKey, FlowEntry> = HashMap::pinned(CONNTRACK_DE
 /// Destinations never masqueraded: pod CIDR, multicast, broadcast, --no-masq.
 #[map]
 pub static NO_MASQ: LpmTrie<u32, u8> = LpmTrie::pinned(NO_MASQ_ENTRIES, 0);
+
+/// The containers the CNI plugin attached, by pod IPv4 address (network
+/// order); written by `bpfmasq-cni`, read by `bpfmasq containers`. Not
+/// preallocated: most hosts run far fewer pods than a /16 holds.
+#[map]
+pub static PODS: HashMap<u32, PodRecord> = HashMap::pinned(PODS_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);

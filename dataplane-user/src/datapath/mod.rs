@@ -11,6 +11,7 @@ pub mod kernel;
 pub mod loader;
 pub mod options;
 pub mod pinned;
+pub mod pods;
 pub mod sys;
 pub mod tc;
 pub mod verifier;

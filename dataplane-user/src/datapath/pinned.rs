@@ -7,6 +7,7 @@ use dataplane_common::{
     config::NatConfig,
     flow::{FlowEntry, FlowKey},
     maps,
+    pods::PodRecord,
 };
 
 use super::instance::Instance;
@@ -39,4 +40,8 @@ pub fn conntrack(instance: &Instance) -> Result<HashMap<MapData, FlowKey, FlowEn
 
 pub fn counters(instance: &Instance) -> Result<PerCpuArray<MapData, u64>> {
     Ok(open(instance, maps::COUNTERS)?.try_into()?)
+}
+
+pub fn pods(instance: &Instance) -> Result<HashMap<MapData, u32, PodRecord>> {
+    Ok(open(instance, maps::PODS)?.try_into()?)
 }
