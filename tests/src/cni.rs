@@ -6,6 +6,7 @@ use std::{
     fs::File,
     path::{Path, PathBuf},
     process::{Command, Output},
+    sync::atomic::{AtomicUsize, Ordering},
 };
 
 use serde_json::Value;
@@ -53,7 +54,10 @@ pub fn invoke(
     env: &[(&str, &str)],
     conf: &Value,
 ) -> Reply {
-    let input = scratch.join(format!("cni-{command}.json"));
+    // One file per call: calls may run at once.
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    let input = scratch.join(format!("cni-{call}-{command}.json"));
     std::fs::write(&input, conf.to_string()).expect("writing the plugin's input");
     let stdin = File::open(&input).expect("opening the plugin's input");
     let mut cmd = Command::new("nsenter");

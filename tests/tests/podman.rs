@@ -322,7 +322,13 @@ fn cni_del_is_idempotent_gc_forgets_unlisted_containers_and_bad_config_attaches_
             prev_result_for(&lab, c)["ips"][0]["address"]
         );
     };
-    add("first", 1);
+    // Two ADDs at once on a host with nothing attached yet: both succeed,
+    // one datapath serves both.
+    std::thread::scope(|s| {
+        s.spawn(|| add("first", 1));
+        s.spawn(|| add("alive", 2));
+    });
+    assert!(lab.pins_dir().exists());
     udp_from(&lab, 1, &server);
     assert_eq!(container_flows(&lab, "first").len(), 1);
     ok(
@@ -354,7 +360,6 @@ fn cni_del_is_idempotent_gc_forgets_unlisted_containers_and_bad_config_attaches_
     // GC: a container the runtime no longer lists (killed, its DEL never
     // sent) loses its record and flows; a listed one keeps both.
     add("killed", 1);
-    add("alive", 2);
     udp_from(&lab, 1, &server);
     udp_from(&lab, 2, &server);
     let mut gc = conf(json!({}), None);
