@@ -122,14 +122,18 @@ mod tests {
     /// the version, then update the sizes here.
     #[test]
     fn layout_version_moves_with_the_pinned_sizes() {
-        use crate::flow::{FlowEntry, FlowKey};
+        use crate::{
+            flow::{FlowEntry, FlowKey},
+            pods::PodRecord,
+        };
         use core::mem::size_of;
         let sizes = (
             size_of::<NatConfig>(),
             size_of::<FlowKey>(),
             size_of::<FlowEntry>(),
+            size_of::<PodRecord>(),
         );
-        assert_eq!((LAYOUT_VERSION, sizes), (2, (108, 16, 56)));
+        assert_eq!((LAYOUT_VERSION, sizes), (2, (108, 16, 56, 100)));
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod flow;
 pub mod fragments;
 pub mod kernel;
 pub mod maps;
+pub mod pods;
 pub mod ports;
 pub mod tcp_window;
 
@@ -33,4 +34,5 @@ mod pod {
     unsafe impl aya::Pod for crate::fragments::ParkedKey {}
     unsafe impl aya::Pod for crate::fragments::ParkedFragment {}
     unsafe impl aya::Pod for crate::fragments::SourceBudget {}
+    unsafe impl aya::Pod for crate::pods::PodRecord {}
 }

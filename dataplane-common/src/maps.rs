@@ -20,6 +20,9 @@ pub const POD_FLOWS: &str = "POD_FLOWS";
 pub const RECENT_FLOWS: &str = "RECENT_FLOWS";
 /// `PerCpuArray<u64>`, indexed by [`crate::counters::Counter`].
 pub const COUNTERS: &str = "COUNTERS";
+/// `HashMap<u32, PodRecord>`: the containers the CNI plugin attached, by
+/// pod IPv4 address (see [`crate::pods`]).
+pub const PODS: &str = "PODS";
 
 /// TC program on the uplink's egress: SNAT.
 pub const PROG_UPLINK_EGRESS: &str = "uplink_egress";

@@ -2,6 +2,7 @@
 //! under /sys/fs/bpf/bpfmasq/ so state outlives the loading process.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
@@ -14,6 +15,7 @@ use dataplane_common::{
         ParkedFragment, ParkedKey, SOURCES_ENTRIES, SourceBudget,
     },
     maps::{CONNTRACK_DEFAULT_ENTRIES, NO_MASQ_ENTRIES, POD_FLOWS_ENTRIES, RECENT_FLOWS_ENTRIES},
+    pods::{PODS_ENTRIES, PodRecord},
 };
 
 #[map]
@@ -42,6 +44,12 @@ pub static RECENT_FLOWS: Array<FlowKey> = Array::with_max_entries(RECENT_FLOWS_E
 /// and how much of it is filled.
 #[map]
 pub static RECENT_CURSOR: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The containers the CNI plugin attached, by pod IPv4 address (network
+/// order); written by `bpfmasq-cni`, read by `bpfmasq containers`. Not
+/// preallocated: most hosts run far fewer pods than a /16 holds.
+#[map]
+pub static PODS: HashMap<u32, PodRecord> = HashMap::pinned(PODS_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);

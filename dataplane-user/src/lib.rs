@@ -3,7 +3,9 @@
 //! this library's option types ([`datapath::options::AttachOptions`],
 //! [`daemon::RunOptions`], [`inspect::Query`]...) and dispatches here; the
 //! end-to-end tests reuse [`netns`] to run sockets inside lab namespaces.
+//! [`cni`] is the CNI plugin `bpfmasq-cni` (a thin binary over it).
 
+pub mod cni;
 pub mod daemon;
 pub mod datapath;
 pub mod inspect;

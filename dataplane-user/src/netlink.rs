@@ -28,7 +28,7 @@ use rtnetlink::{
     },
 };
 
-use crate::netns::{NETNS_DIR, NetNs};
+use crate::netns::NetNs;
 
 /// Interface name buffer size, including the terminating NUL.
 const IFNAMSIZ: usize = 16;
@@ -234,6 +234,39 @@ impl Netlink {
                 (index, addrs.into_iter().map(|(_, net)| net).collect())
             })
             .collect())
+    }
+
+    /// ifindex of the interface the main table's IPv4 default route leaves
+    /// through (the lowest-metric one), if there is a default route.
+    pub async fn default_route_link(&self) -> Result<Option<u32>> {
+        let request = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let routes: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(request)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| self.failed(e, format_args!("listing IPv4 routes")))?;
+        let mut defaults: Vec<(u32, u32)> = routes
+            .iter()
+            .filter(|route| route.header.destination_prefix_length == 0)
+            .filter(|route| route.header.table == libc::RT_TABLE_MAIN)
+            .filter_map(|route| {
+                let mut oif = None;
+                let mut metric = 0;
+                for attribute in &route.attributes {
+                    match attribute {
+                        RouteAttribute::Oif(index) => oif = Some(*index),
+                        RouteAttribute::Priority(priority) => metric = *priority,
+                        _ => {}
+                    }
+                }
+                Some((metric, oif?))
+            })
+            .collect();
+        defaults.sort_unstable();
+        Ok(defaults.first().map(|&(_, oif)| oif))
     }
 
     /// Sets interface `ifindex` administratively up.
@@ -499,13 +532,7 @@ impl fmt::Display for Route {
 
 fn describe_netns(dev: u64, ino: u64) -> String {
     let same = |path: &Path| fs::metadata(path).is_ok_and(|m| m.dev() == dev && m.ino() == ino);
-    let named = fs::read_dir(NETNS_DIR)
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| entry.ok())
-        .find(|entry| same(&entry.path()))
-        .and_then(|entry| entry.file_name().into_string().ok());
-    match named {
+    match crate::netns::name_of(dev, ino) {
         Some(name) => format!("network namespace `{name}`"),
         None if same(Path::new("/proc/1/ns/net")) => "the initial network namespace".to_owned(),
         None => "the current network namespace".to_owned(),

@@ -54,6 +54,17 @@ fn make_dir_shared() -> Result<()> {
     make_shared().with_context(|| format!("making {NETNS_DIR} a shared mount"))
 }
 
+/// The name under [`NETNS_DIR`] of the namespace whose nsfs file is
+/// (`dev`, `ino`), like `ip netns identify`.
+pub fn name_of(dev: u64, ino: u64) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::read_dir(NETNS_DIR)
+        .ok()?
+        .filter_map(|entry| entry.ok())
+        .find(|entry| fs::metadata(entry.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino))
+        .and_then(|entry| entry.file_name().into_string().ok())
+}
+
 /// A handle to a named network namespace (an open fd on its bind mount).
 #[derive(Debug)]
 pub struct NetNs {

@@ -109,7 +109,6 @@ impl Programs {
     }
 }
 
-
 // ---- frame crafting and checking ----
 
 const ETH_LEN: usize = 14;

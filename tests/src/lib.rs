@@ -35,10 +35,13 @@
 //!   the SIGKILL-mid-transfer restart scenario;
 //! - [`netfilter`]: looking for NAT rules in a namespace;
 //! - [`kernel`]: the running kernel's release and the attach mode it gets;
+//! - [`cni`]: calling the CNI plugin `bpfmasq-cni` by hand in a lab's host;
+//! - [`podman`]: the [`podman::Podman`] guard, a real runtime in a lab's host calling the plugin;
 //! - [`attachments`]: what a datapath has in a lab's host (pins, tcx programs, tc filters, qdiscs).
 
 pub mod attachments;
 pub mod capture;
+pub mod cni;
 pub mod daemon_support;
 pub mod datapath;
 pub mod echo;
@@ -51,6 +54,7 @@ pub mod lab;
 pub mod netfilter;
 pub mod netns;
 pub mod pattern;
+pub mod podman;
 pub mod process;
 pub mod product;
 pub mod refusal;

@@ -20,8 +20,13 @@ const PIPE_GRACE: Duration = Duration::from_secs(5);
 /// Runs `cmd` to completion, capturing stdout and stderr; after `timeout`
 /// kills its process group and fails with [`io::ErrorKind::TimedOut`].
 pub fn try_run(cmd: &mut Command, timeout: Duration) -> io::Result<Output> {
+    try_run_fed(cmd, Stdio::null(), timeout)
+}
+
+/// Like [`try_run`], with `stdin` as the command's standard input.
+pub fn try_run_fed(cmd: &mut Command, stdin: Stdio, timeout: Duration) -> io::Result<Output> {
     let shown = format!("{cmd:?}");
-    cmd.stdin(Stdio::null())
+    cmd.stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);

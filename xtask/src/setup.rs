@@ -42,6 +42,12 @@ const PACKAGES: &[&str] = &[
     "wrk",
     "nginx-light",
     "sockperf",
+    // tests/tests/podman.rs: a real runtime calling `bpfmasq-cni` (busybox is
+    // the containers' rootfs: no image registry is reachable).
+    "podman",
+    "containernetworking-plugins",
+    "runc",
+    "busybox-static",
 ];
 
 /// Debian packages the kernel matrix boots its guests with: QEMU, depmod

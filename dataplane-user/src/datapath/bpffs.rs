@@ -29,3 +29,16 @@ pub fn ensure_mounted() -> Result<()> {
     )
     .with_context(|| format!("mounting a BPF filesystem on {BPFFS_ROOT}"))
 }
+
+/// Fails unless a BPF filesystem is mounted at /sys/fs/bpf. For callers in
+/// a mount namespace that may be transient (a CNI plugin under `ip netns
+/// exec`, which remounts /sys): pins in a bpffs mounted there would vanish
+/// with the namespace, and the datapath with them.
+pub fn require_mounted() -> Result<()> {
+    if is_bpffs(Path::new(BPFFS_ROOT)) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "no BPF filesystem at {BPFFS_ROOT} in this mount namespace (mount the host's there: mount -t bpf bpf {BPFFS_ROOT})"
+    )
+}

@@ -102,16 +102,23 @@ impl Instance {
 }
 
 /// The label of the calling thread's network namespace: the `--netns` name
-/// when one was given, else `default` for the init namespace and
-/// `netns-<inode>` for an unnamed one.
+/// when one was given, else its name under `/run/netns` (so `ip netns exec
+/// NAME bpfmasq ...`, and a CNI plugin a runtime runs there, find what
+/// `bpfmasq --netns NAME` attached), else `default` for the init namespace
+/// and `netns-<inode>` for an unnamed one.
 pub fn netns_label(named: Option<&str>) -> Result<String> {
     if let Some(name) = named {
         return Ok(name.to_owned());
     }
     let own =
         fs::metadata("/proc/thread-self/ns/net").context("reading /proc/thread-self/ns/net")?;
-    let init = fs::metadata("/proc/1/ns/net").context("reading /proc/1/ns/net")?;
-    Ok(if own.ino() == init.ino() {
+    if let Some(name) = crate::netns::name_of(own.dev(), own.ino()) {
+        return Ok(name);
+    }
+    // Inside another namespace /proc/1/ns/net may not be readable: then
+    // this is not the init namespace anyway.
+    let init = fs::metadata("/proc/1/ns/net").ok();
+    Ok(if init.is_some_and(|init| init.ino() == own.ino()) {
         "default".to_owned()
     } else {
         format!("netns-{}", own.ino())

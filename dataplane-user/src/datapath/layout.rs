@@ -11,6 +11,7 @@ use dataplane_common::{
     counters::Counter,
     flow::{FlowEntry, FlowKey},
     maps,
+    pods::PodRecord,
 };
 
 use super::{instance::Instance, pinned};
@@ -24,7 +25,7 @@ struct Expected {
     min_entries: u32,
 }
 
-const EXPECTED: [Expected; 5] = [
+const EXPECTED: [Expected; 6] = [
     Expected {
         name: maps::CONFIG,
         key_size: size_of::<u32>(),
@@ -42,6 +43,12 @@ const EXPECTED: [Expected; 5] = [
         // An LPM key: prefix length, then the address.
         key_size: size_of::<u32>() * 2,
         value_size: size_of::<u8>(),
+        min_entries: 0,
+    },
+    Expected {
+        name: maps::PODS,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<PodRecord>(),
         min_entries: 0,
     },
     Expected {

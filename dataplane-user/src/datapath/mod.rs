@@ -13,6 +13,7 @@ pub mod loader;
 pub mod options;
 pub mod pinned;
 pub mod pod_flows;
+pub mod pods;
 pub mod sys;
 pub mod tc;
 pub mod verifier;

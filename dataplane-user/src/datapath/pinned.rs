@@ -8,6 +8,7 @@ use dataplane_common::{
     config::NatConfig,
     flow::{FlowEntry, FlowKey},
     maps,
+    pods::PodRecord,
 };
 
 use super::{instance::Instance, layout};
@@ -53,4 +54,8 @@ pub fn pod_flows(instance: &Instance) -> Result<HashMap<MapData, u32, u32>> {
 pub fn counters(instance: &Instance) -> Result<PerCpuArray<MapData, u64>> {
     layout::check(instance)?;
     Ok(open(instance, maps::COUNTERS)?.try_into()?)
+}
+
+pub fn pods(instance: &Instance) -> Result<HashMap<MapData, u32, PodRecord>> {
+    Ok(open(instance, maps::PODS)?.try_into()?)
 }

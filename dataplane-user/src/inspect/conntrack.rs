@@ -15,7 +15,7 @@ use crate::{
         flows::{FlowView, monotonic_ns, snapshot},
         gc,
         instance::{Instance, netns_label},
-        pinned,
+        pinned, pods,
     },
     privileges::require_root,
 };
@@ -38,6 +38,40 @@ pub struct FlowFilter {
     pub src: Option<ipnet::Ipv4Net>,
     /// Flows whose peer (original destination) address is in this network.
     pub dst: Option<ipnet::Ipv4Net>,
+    /// Flows of the container with this id (or unique id prefix), recorded
+    /// by the CNI plugin: those whose original source is one of its addresses.
+    pub container: Option<String>,
+}
+
+/// A [`FlowFilter`] with its container turned into addresses.
+struct Selection<'a> {
+    filter: &'a FlowFilter,
+    container_ips: Option<Vec<Ipv4Addr>>,
+}
+
+impl<'a> Selection<'a> {
+    fn new(instance: &Instance, filter: &'a FlowFilter) -> Result<Self> {
+        let container_ips = match &filter.container {
+            None => None,
+            Some(id) => {
+                let map = pods::open(instance)?;
+                let containers = pods::containers(&map)?;
+                Some(pods::find(&containers, id)?.ips.clone())
+            }
+        };
+        Ok(Self {
+            filter,
+            container_ips,
+        })
+    }
+
+    fn matches(&self, flow: &Flow) -> bool {
+        matches(self.filter, flow)
+            && self
+                .container_ips
+                .as_ref()
+                .is_none_or(|ips| ips.contains(&flow.src.addr))
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -148,9 +182,11 @@ fn instance(netns: Option<&str>, query: &Query) -> Result<Instance> {
 }
 
 pub fn conntrack_list(netns: Option<&str>, query: &Query, filter: &FlowFilter) -> Result<()> {
-    let flows: Vec<Flow> = flows(&instance(netns, query)?)?
+    let instance = instance(netns, query)?;
+    let selection = Selection::new(&instance, filter)?;
+    let flows: Vec<Flow> = flows(&instance)?
         .into_iter()
-        .filter(|f| matches(filter, f))
+        .filter(|f| selection.matches(f))
         .collect();
     if query.json {
         println!("{}", serde_json::to_string_pretty(&flows)?);
@@ -184,9 +220,11 @@ pub fn conntrack_list(netns: Option<&str>, query: &Query, filter: &FlowFilter) -
 }
 
 pub fn conntrack_count(netns: Option<&str>, query: &Query, filter: &FlowFilter) -> Result<()> {
-    let count = flows(&instance(netns, query)?)?
+    let instance = instance(netns, query)?;
+    let selection = Selection::new(&instance, filter)?;
+    let count = flows(&instance)?
         .iter()
-        .filter(|f| matches(filter, f))
+        .filter(|f| selection.matches(f))
         .count();
     if query.json {
         println!("{}", serde_json::json!({ "flows": count }));
@@ -200,6 +238,7 @@ pub fn conntrack_count(netns: Option<&str>, query: &Query, filter: &FlowFilter) 
 pub fn conntrack_flush(netns: Option<&str>, query: &Query, filter: &FlowFilter) -> Result<()> {
     require_root("bpfmasq conntrack flush")?;
     let instance = instance(netns, query)?;
+    let selection = Selection::new(&instance, filter)?;
     let config = pinned::read_config(&instance)?;
     let table = pinned::conntrack(&instance)?;
     let snapshot = snapshot(&table)?;
@@ -207,7 +246,7 @@ pub fn conntrack_flush(netns: Option<&str>, query: &Query, filter: &FlowFilter) 
     let doomed: Vec<&FlowView> = snapshot
         .flows
         .iter()
-        .filter(|view| matches(filter, &flow(view, &config.timeouts, now)))
+        .filter(|view| selection.matches(&flow(view, &config.timeouts, now)))
         .collect();
     gc::remove_flows(&table, &doomed)?;
     let removed = doomed.len();

@@ -2,6 +2,7 @@
 //! process, with or without `bpfmasq run`; and of the kernel it runs on.
 
 mod conntrack;
+mod containers;
 mod probe;
 mod stats;
 mod status;
@@ -9,6 +10,7 @@ mod status;
 pub use conntrack::{
     Flow, FlowFilter, Proto, conntrack_count, conntrack_flush, conntrack_list, flows,
 };
+pub use containers::{ContainerView, container_views, containers};
 pub use probe::probe;
 pub use stats::{counter_totals, stats};
 pub use status::status;

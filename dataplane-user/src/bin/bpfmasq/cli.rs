@@ -53,6 +53,9 @@ pub enum Command {
     /// Show the conntrack (NAT) table.
     #[command(subcommand)]
     Conntrack(ConntrackCommand),
+    /// Show the containers a runtime attached through the CNI plugin `bpfmasq-cni`: id,
+    /// interface, addresses, host veth, and their flows and bytes.
+    Containers(InstanceArgs),
     /// Show the datapath counters, summed over CPUs.
     Stats(StatsArgs),
     /// Show what is attached where, the configuration and how full the table is.
@@ -238,6 +241,9 @@ pub struct FlowFilterArgs {
     /// Only flows whose peer (original destination) address is in CIDR.
     #[arg(long, value_name = "CIDR")]
     pub dst: Option<Ipv4Net>,
+    /// Only flows of this container (id or unique prefix, as `bpfmasq containers` lists).
+    #[arg(long, value_name = "ID")]
+    pub container: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -324,6 +330,7 @@ impl From<FlowFilterArgs> for FlowFilter {
             }),
             src: args.src,
             dst: args.dst,
+            container: args.container,
         }
     }
 }

@@ -115,6 +115,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Stats(args) => {
             inspect::stats(cli.netns.as_deref(), &args.instance.into(), args.watch).await
         }
+        Command::Containers(args) => inspect::containers(cli.netns.as_deref(), &args.into()),
         Command::Status(args) => inspect::status(cli.netns.as_deref(), &args.into()),
         Command::Gc(args) => daemon::gc_once(cli.netns.as_deref(), &args.into()),
         Command::Run(args) => daemon::run(cli.netns.as_deref(), &args.into()).await,
