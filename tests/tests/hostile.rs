@@ -193,13 +193,14 @@ const CASES: &[Case] = &[
     case("UDP length 500, beyond the datagram", Pod, &[POD_UDP.udp_length(500)], &[Dp("translated_out")], PeerTranslated),
     case("IP options: 4 NOPs (IHL 6)", Pod, &[POD_UDP.options(NOP_OPTIONS)], &[Dp("translated_out")], PeerTranslated),
     case("IP options: record route (IHL 15)", Pod, &[POD_TCP.options(RECORD_ROUTE)], &[Dp("translated_out")], PeerTranslated),
-    // Nothing but TCP, UDP and ICMP echo requests is translated from a pod.
+    // Nothing but TCP, UDP and ICMP echo requests is translated from a pod
+    // (and ICMP errors about its own flows: one about no flow is dropped).
     case("ICMP echo reply", Pod, &[Packet::icmp(C1, PEER, ICMP_ECHO_REPLY, 0, ECHO_ID)], &[Dp("drop_unsupported")], Nowhere),
-    case("ICMP port unreachable quoting nothing", Pod, &[Packet::icmp(C1, PEER, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, [0; 4])], &[Dp("drop_unsupported")], Nowhere),
-    case("ICMP port unreachable quoting a peer packet", Pod, &[Packet::icmp_error(C1, PEER, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, &Packet::udp(PEER, C1, PEER_PORT, CLOSED), 28)], &[Dp("drop_unsupported")], Nowhere),
+    case("ICMP port unreachable quoting nothing", Pod, &[Packet::icmp(C1, PEER, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, [0; 4])], &[Dp("drop_icmp_error_no_flow")], Nowhere),
+    case("ICMP port unreachable quoting a peer packet", Pod, &[Packet::icmp_error(C1, PEER, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, &Packet::udp(PEER, C1, PEER_PORT, CLOSED), 28)], &[Dp("drop_icmp_error_no_flow")], Nowhere),
     case("ICMP redirect", Pod, &[Packet::icmp(C1, PEER, ICMP_REDIRECT, 1, [10, 85, 0, 9])], &[Dp("drop_unsupported")], Nowhere),
-    case("ICMP time exceeded", Pod, &[Packet::icmp(C1, PEER, ICMP_TIME_EXCEEDED, 0, [0; 4])], &[Dp("drop_unsupported")], Nowhere),
-    case("ICMP parameter problem", Pod, &[Packet::icmp(C1, PEER, ICMP_PARAMETER_PROBLEM, 0, [0; 4])], &[Dp("drop_unsupported")], Nowhere),
+    case("ICMP time exceeded", Pod, &[Packet::icmp(C1, PEER, ICMP_TIME_EXCEEDED, 0, [0; 4])], &[Dp("drop_icmp_error_no_flow")], Nowhere),
+    case("ICMP parameter problem", Pod, &[Packet::icmp(C1, PEER, ICMP_PARAMETER_PROBLEM, 0, [0; 4])], &[Dp("drop_icmp_error_no_flow")], Nowhere),
     case("ICMP timestamp request", Pod, &[Packet::icmp(C1, PEER, ICMP_TIMESTAMP, 0, ECHO_ID)], &[Dp("drop_unsupported")], Nowhere),
     case("ICMP address mask request", Pod, &[Packet::icmp(C1, PEER, ICMP_ADDRESS_MASK, 0, ECHO_ID)], &[Dp("drop_unsupported")], Nowhere),
     case("ICMP extended echo request", Pod, &[Packet::icmp(C1, PEER, ICMP_EXTENDED_ECHO, 0, ECHO_ID)], &[Dp("drop_unsupported")], Nowhere),
