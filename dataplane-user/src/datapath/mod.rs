@@ -42,19 +42,14 @@ impl Drop for PinsGuard<'_> {
 }
 
 pub async fn attach(netns: Option<&str>, args: &AttachOptions) -> Result<()> {
+    if args.takeover {
+        return crate::takeover::attach(netns, args).await;
+    }
     require_root("bpfmasq attach")?;
     let netlink = Netlink::connect()?;
     let resolved = Resolved::resolve(&netlink, args).await?;
     let instance = Instance::new(&netns_label(netns)?, &resolved.uplink);
-    if instance.dir().exists() {
-        bail!(
-            "a datapath is already attached to `{}` in network namespace `{}`; run `bpfmasq{} detach --uplink {}` first",
-            instance.uplink,
-            instance.netns,
-            netns.map(|n| format!(" --netns {n}")).unwrap_or_default(),
-            instance.uplink
-        );
-    }
+    refuse_if_attached(&instance, netns)?;
     let (_, config) = attach_fresh(&netlink, &instance, &resolved, args.link_type).await?;
     println!(
         "attached to {} and {} ({:?}): masquerading {} to {} (ports {}), fast path {}, pinned in {}",
@@ -67,6 +62,20 @@ pub async fn attach(netns: Option<&str>, args: &AttachOptions) -> Result<()> {
         fast_path_state(args.fast_path, &resolved),
         instance.dir().display()
     );
+    Ok(())
+}
+
+/// Fails if `instance` already has a datapath (`attach` never replaces one).
+pub fn refuse_if_attached(instance: &Instance, netns: Option<&str>) -> Result<()> {
+    if instance.dir().exists() {
+        bail!(
+            "a datapath is already attached to `{}` in network namespace `{}`; run `bpfmasq{} detach --uplink {}` first",
+            instance.uplink,
+            instance.netns,
+            netns.map(|n| format!(" --netns {n}")).unwrap_or_default(),
+            instance.uplink
+        );
+    }
     Ok(())
 }
 
@@ -89,6 +98,19 @@ pub async fn attach_fresh(
     resolved: &Resolved,
     link_type: LinkType,
 ) -> Result<(Ebpf, NatConfig)> {
+    attach_fresh_seeded(netlink, instance, resolved, link_type, |_| Ok(())).await
+}
+
+/// [`attach_fresh`], calling `seed` on the configured object before its
+/// programs are attached: flows written there exist before the first
+/// packet meets the datapath (takeover's imported flows).
+pub async fn attach_fresh_seeded(
+    netlink: &Netlink,
+    instance: &Instance,
+    resolved: &Resolved,
+    link_type: LinkType,
+    seed: impl FnOnce(&mut Ebpf) -> Result<()>,
+) -> Result<(Ebpf, NatConfig)> {
     bpffs::ensure_mounted()?;
     std::fs::create_dir_all(instance.dir())
         .with_context(|| format!("creating {}", instance.dir().display()))?;
@@ -100,6 +122,7 @@ pub async fn attach_fresh(
     let mut ebpf = loader::load(instance, resolved)?;
     let mut config = resolved.nat_config();
     loader::configure(&mut ebpf, &config, resolved)?;
+    seed(&mut ebpf)?;
     let ifaces = Interfaces::resolved(resolved);
     let record = tc::attach(
         &mut ebpf,
@@ -138,13 +161,22 @@ pub fn load_adopting(
     Ok((ebpf, config))
 }
 
-pub async fn detach(netns: Option<&str>, uplink: Option<&str>) -> Result<()> {
+pub async fn detach(netns: Option<&str>, uplink: Option<&str>, handback: bool) -> Result<()> {
+    if handback {
+        return crate::takeover::detach(netns, uplink).await;
+    }
     require_root("bpfmasq detach")?;
     let instance = Instance::find(&netns_label(netns)?, uplink)?;
     let netlink = Netlink::connect()?;
     detach_instance(&netlink, &instance).await?;
+    let note = if crate::takeover::record_path(&instance).exists() {
+        crate::takeover::forget(&instance);
+        " (the masquerade rules `attach --takeover` removed were not restored: that is `detach --handback`)"
+    } else {
+        ""
+    };
     println!(
-        "detached from {} in network namespace `{}`",
+        "detached from {} in network namespace `{}`{note}",
         instance.uplink, instance.netns
     );
     Ok(())

@@ -1,0 +1,97 @@
+//! netfilter as the CNI plugins configure it, for switching a host between
+//! its masquerade rules and bpfmasq: the plugin's rule shapes ([`cni`]),
+//! one [`MasqBackend`] per tool that holds them ([`iptables`], [`nftables`]:
+//! find, remove and restore the pod network's masquerade rules with the real
+//! `iptables-restore`/`nft`), and nf_conntrack's entries ([`ctnetlink`]).
+//! Everything acts on the calling thread's network namespace.
+
+pub mod cni;
+pub mod ctnetlink;
+pub mod iptables;
+pub mod nftables;
+
+use std::{
+    io::Write as _,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+use ipnet::Ipv4Net;
+
+/// A tool holding masquerade rules for the pod network.
+pub trait MasqBackend {
+    /// `iptables` or `nftables`, as records and messages name it.
+    fn name(&self) -> &'static str;
+    /// Fails, naming what is missing, unless the commands it needs run here.
+    fn check_tools(&self) -> Result<()>;
+    /// The masquerade rules for sources in `pod_cidr`, as the text that
+    /// [`MasqBackend::restore`] puts back; None when there are none.
+    fn find(&self, pod_cidr: Ipv4Net) -> Result<Option<String>>;
+    /// Removes the rules [`MasqBackend::find`] returned, in one transaction.
+    fn remove(&self, found: &str) -> Result<()>;
+    /// Adds saved rules back, in one transaction.
+    fn restore(&self, saved: &str) -> Result<()>;
+}
+
+/// Both backends, iptables first.
+pub fn backends() -> [&'static dyn MasqBackend; 2] {
+    [&iptables::Iptables, &nftables::Nftables]
+}
+
+/// The backend called `name`.
+pub fn backend(name: &str) -> Option<&'static dyn MasqBackend> {
+    backends().into_iter().find(|b| b.name() == name)
+}
+
+/// Runs `program args` with `input` on its standard input; its stdout, or
+/// an error with its stderr.
+fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<String> {
+    let shown = format!("{program} {}", args.join(" "));
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running `{shown}`"))?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(text.as_bytes())
+            .with_context(|| format!("writing to `{shown}`"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("waiting for `{shown}`"))?;
+    if !out.status.success() {
+        bail!(
+            "`{shown}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `10.85.0.2/32` or `10.85.0.2`, as the tools print a source.
+fn parse_net(text: &str) -> Option<Ipv4Net> {
+    text.parse().ok().or_else(|| {
+        text.parse::<std::net::Ipv4Addr>()
+            .ok()
+            .map(Ipv4Net::from)
+    })
+}
+
+/// Fails unless every program in `programs` is on PATH.
+fn require_programs(backend: &str, programs: &[&str]) -> Result<()> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for program in programs {
+        if !std::env::split_paths(&path).any(|dir| dir.join(program).is_file()) {
+            bail!("`{program}` is not installed (or not on PATH): {backend} rules cannot be changed");
+        }
+    }
+    Ok(())
+}
