@@ -2,20 +2,22 @@
 //! bpfmasq without dropping a connection.
 //!
 //! Takeover (`attach --takeover`, `run --takeover`): dump nf_conntrack's
-//! source-NAT entries of the pod network through ctnetlink; write the same
-//! flows (same NAT ports, TCP state mapped, marked [`IMPORTED`]) into the
-//! conntrack map before the programs are attached, so that no packet of
-//! theirs meets bpfmasq without its flow; attach; save and remove the
-//! masquerade rules; dump again and import what started in between; then
-//! delete the imported nf_conntrack entries, because an entry keeps
-//! NATing its connection after the rules are gone (netfilter's SNAT would
-//! run before bpfmasq and hide the flow from it).
+//! source-NAT entries of the pod network through ctnetlink; attach with
+//! the fast path off (every packet still crosses netfilter, which keeps
+//! translating); move each connection over on its own: its flow written
+//! (same NAT port, TCP state mapped, marked [`IMPORTED`]), its nf_conntrack
+//! entry deleted (an entry keeps NATing its connection after the rules are
+//! gone) — the masquerade rules saved and removed just before; dump again
+//! and move what started in between; switch the fast path on if asked.
 //!
-//! Handback (`detach --handback`): create an nf_conntrack entry with the
-//! same source-NAT binding for every live flow, re-create the rules the
-//! takeover saved (or the plugin's shape for the pod network), and only
-//! then detach. Entries come before rules: a connection that starts once
-//! the rules are back gets a port netfilter knows to be taken.
+//! Handback (`detach --handback`): switch the fast path off, then for every
+//! live flow create an nf_conntrack entry with the same source-NAT binding
+//! and remove the flow; re-create the rules the takeover saved (or the
+//! plugin's shape for the pod network); give away the flows that started
+//! meanwhile; only then detach. Entries come before rules: a connection
+//! that starts once the rules are back gets a port netfilter knows to be
+//! taken. One connection is never translated by both at once (see
+//! [`attach_fresh`]).
 //!
 //! What the takeover removed is recorded in [`record_path`] (a tmpfs, like
 //! the pins: both are gone after a reboot).
@@ -33,10 +35,9 @@ use aya::{
     maps::{HashMap, MapError},
 };
 use dataplane_common::{
-    config::NatConfig,
+    config::{FLAG_FAST_PATH, NatConfig},
     conntrack::{FlowState, IMPORTED, SEEN_ACK, SEEN_FIN, SEEN_RST, SEEN_SYN},
     flow::{FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, nat_flow_pair},
-    maps,
 };
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -44,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     datapath::{
         self,
-        flows::{self, FlowView, monotonic_ns},
+        flows::{self, ConntrackMap, FlowView, monotonic_ns},
         instance::{Instance, RUN_ROOT, netns_label},
         options::{AttachOptions, LinkType, Resolved},
         pinned,
@@ -292,6 +293,18 @@ pub async fn attach(netns: Option<&str>, args: &AttachOptions) -> Result<()> {
 /// Takes over from netfilter and attaches a new datapath in `instance`
 /// (absent). Until the programs are attached nothing is changed: a failed
 /// dump or load leaves the host as it was.
+///
+/// The datapath starts with the fast path off, so that every packet still
+/// crosses netfilter, which keeps translating the connections it has. Each
+/// connection then moves on its own: its flow is written (the reply half
+/// claims the port), and its nf_conntrack entry deleted right after. Both
+/// must not translate one connection at once: netfilter would see a reply
+/// bpfmasq already translated back as a new connection clashing with its
+/// own entry, and give it another source port (the pod answers that with
+/// a reset). The rules are removed before the first connection moves; a
+/// connection that starts while the others move is bpfmasq's, and a port
+/// it took from a connection not yet moved shows as "could not be
+/// written". The fast path is switched on at the end, when asked for.
 pub async fn attach_fresh(
     netlink: &Netlink,
     instance: &Instance,
@@ -312,30 +325,12 @@ pub async fn attach_fresh(
         first.entries.into_iter().partition(|e| *e.nat.ip() == nat_addr);
     report.other_nat_address = theirs.len();
 
-    let now = monotonic_ns();
-    let mut written = Vec::new();
-    let (ebpf, config) = datapath::attach_fresh_seeded(
-        netlink,
-        instance,
-        resolved,
-        link_type,
-        |ebpf| {
-            let map = ebpf
-                .map_mut(maps::CONNTRACK)
-                .ok_or_else(|| anyhow!("the eBPF object has no {} map", maps::CONNTRACK))?;
-            let mut table: HashMap<&mut aya::maps::MapData, FlowKey, FlowEntry> =
-                HashMap::try_from(map)?;
-            for entry in &ours {
-                if write_pair(&mut table, &imported_pair(entry, now))? {
-                    written.push(*entry);
-                } else {
-                    report.not_written += 1;
-                }
-            }
-            Ok(())
-        },
-    )
-    .await?;
+    let through_netfilter = Resolved {
+        fast_path: false,
+        ..resolved.clone()
+    };
+    let (ebpf, mut config) =
+        datapath::attach_fresh(netlink, instance, &through_netfilter, link_type).await?;
 
     // Attached: from here on an error leaves bpfmasq attached, which is
     // safe beside the rules (netfilter translates first, bpfmasq passes
@@ -349,8 +344,36 @@ pub async fn attach_fresh(
         imported: 0,
     };
     record.store(instance)?;
+    // The rules stop masquerading first: a connection moved over while
+    // they still do would be masqueraded again by netfilter, as new, at its
+    // next packet (with whatever port netfilter picks). What translates the
+    // connections not moved yet stays until they all are.
     for (backend, text) in &rules {
-        backend.remove(text).with_context(|| {
+        backend.disarm(text).with_context(|| {
+            format!(
+                "bpfmasq is attached, but the {} masquerade rules could not be removed",
+                backend.name()
+            )
+        })?;
+    }
+    let mut table = pinned::conntrack(instance)?;
+    let mut imported = move_over(&mut ct, &mut table, &ours, &mut report)?;
+    // Connections netfilter masqueraded between the first dump and the
+    // rules' removal.
+    let known: HashSet<(u8, SocketAddrV4, SocketAddrV4)> =
+        ours.iter().map(|e| (e.proto, e.pod, e.peer)).collect();
+    let second = ct
+        .dump_snat(pod_cidr)
+        .context("bpfmasq is attached and the rules are removed, but the second dump failed")?;
+    let late: Vec<SnatEntry> = second
+        .entries
+        .into_iter()
+        .filter(|e| *e.nat.ip() == nat_addr && !known.contains(&(e.proto, e.pod, e.peer)))
+        .collect();
+    report.imported_late = move_over(&mut ct, &mut table, &late, &mut report)?;
+    imported += report.imported_late;
+    for (backend, text) in &rules {
+        backend.finish(text).with_context(|| {
             format!(
                 "bpfmasq is attached, but the {} masquerade rules could not be removed",
                 backend.name()
@@ -359,39 +382,41 @@ pub async fn attach_fresh(
         report.removed.push(backend.name());
     }
 
-    let mut table = pinned::conntrack(instance)?;
-    let known: HashSet<(u8, SocketAddrV4, SocketAddrV4)> =
-        ours.iter().map(|e| (e.proto, e.pod, e.peer)).collect();
-    let second = ct
-        .dump_snat(pod_cidr)
-        .context("bpfmasq is attached and the rules are removed, but the second dump failed")?;
-    let now = monotonic_ns();
-    for entry in second.entries {
-        if *entry.nat.ip() != nat_addr || known.contains(&(entry.proto, entry.pod, entry.peer)) {
-            continue;
-        }
-        if write_pair(&mut table, &imported_pair(&entry, now))? {
-            written.push(entry);
-            report.imported_late += 1;
-        } else {
-            report.not_written += 1;
-        }
+    if resolved.fast_path {
+        config.flags |= FLAG_FAST_PATH;
+        pinned::write_config(instance, &config).context("switching the fast path on")?;
     }
-    // nf_conntrack's entries go last; a flow its NATed packets made the
-    // datapath yield in the meantime (a UDP packet from the NAT address
-    // claims its tuple for the host) is written again right after.
-    for entry in &written {
-        ct.delete(entry)?;
-        let pair = imported_pair(entry, monotonic_ns());
-        if table.get(&pair[0].0, 0).is_err() {
-            write_pair(&mut table, &pair)?;
-        }
-    }
-    report.imported = written.len();
-    record.imported = written.len();
+    report.imported = imported;
+    record.imported = imported;
     record.store(instance)?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok((ebpf, config, report))
+}
+
+/// Moves `entries` from nf_conntrack to the datapath one by one: the flow
+/// written, netfilter's entry deleted. Returns how many moved.
+fn move_over(
+    ct: &mut Ctnetlink,
+    table: &mut ConntrackMap,
+    entries: &[SnatEntry],
+    report: &mut Report,
+) -> Result<usize> {
+    let mut moved = 0;
+    for entry in entries {
+        let pair = imported_pair(entry, monotonic_ns());
+        if !write_pair(table, &pair)? {
+            report.not_written += 1;
+            continue;
+        }
+        ct.delete(entry)?;
+        // A UDP packet netfilter translated in between made the datapath
+        // yield the flow to the host (it came from the NAT address): again.
+        if table.get(&pair[0].0, 0).is_err() {
+            write_pair(table, &pair)?;
+        }
+        moved += 1;
+    }
+    Ok(moved)
 }
 
 /// `detach --handback`.
@@ -421,26 +446,20 @@ pub async fn detach(netns: Option<&str>, uplink: Option<&str>) -> Result<()> {
     }
     let mut ct = Ctnetlink::open().context("nothing was changed, bpfmasq stays attached")?;
 
-    let table = pinned::conntrack(&instance)?;
-    let snapshot = flows::snapshot(&table)?;
-    let timeouts = dataplane_common::conntrack::Timeouts::default();
-    let now = monotonic_ns();
-    let mut handed = 0;
-    for flow in &snapshot.flows {
-        let Some(entry) = snat_entry(flow, &config, &timeouts, now) else {
-            continue;
+    // Every packet through netfilter from now on: it must see each
+    // connection it is given (the fast path goes round it).
+    if config.fast_path() {
+        let through_netfilter = NatConfig {
+            flags: config.flags & !FLAG_FAST_PATH,
+            ..config
         };
-        hand_over(&mut ct, &entry)?;
-        handed += 1;
+        pinned::write_config(&instance, &through_netfilter)?;
     }
-    for (backend, text) in &rules {
-        backend.restore(text).with_context(|| {
-            format!(
-                "the {} masquerade rules could not be restored; bpfmasq stays attached",
-                backend.name()
-            )
-        })?;
+    let result = hand_back(&instance, &config, &mut ct, &rules);
+    if result.is_err() && config.fast_path() {
+        let _ = pinned::write_config(&instance, &config);
     }
+    let handed = result?;
     let netlink = Netlink::connect()?;
     datapath::detach_instance(&netlink, &instance).await?;
     forget(&instance);
@@ -452,6 +471,67 @@ pub async fn detach(netns: Option<&str>, uplink: Option<&str>) -> Result<()> {
         instance.uplink,
         instance.netns
     );
+    Ok(())
+}
+
+/// Puts netfilter's nat hooks back, gives every live flow to nf_conntrack
+/// (then removes it from the datapath, reply half first, so that netfilter
+/// alone translates it), restores `rules`, and gives away the flows that
+/// started meanwhile.
+/// Returns how many flows were given.
+fn hand_back(
+    instance: &Instance,
+    config: &NatConfig,
+    ct: &mut Ctnetlink,
+    rules: &[(&'static dyn MasqBackend, String)],
+) -> Result<usize> {
+    for (backend, text) in rules {
+        backend.restore_hooks(text).with_context(|| {
+            format!(
+                "the {} nat hooks could not be restored; bpfmasq stays attached",
+                backend.name()
+            )
+        })?;
+    }
+    let mut table = pinned::conntrack(instance)?;
+    let mut given = HashSet::new();
+    hand_back_flows(&mut table, config, ct, &mut given)?;
+    for (backend, text) in rules {
+        backend.restore(text).with_context(|| {
+            format!(
+                "the {} masquerade rules could not be restored; bpfmasq stays attached",
+                backend.name()
+            )
+        })?;
+    }
+    hand_back_flows(&mut table, config, ct, &mut given)?;
+    Ok(given.len())
+}
+
+/// Gives the datapath's flows to nf_conntrack, except those `given`
+/// already (a packet that crossed netfilter before its entry was replaced
+/// and reached the datapath after its flow was removed made the flow
+/// again, with the same port: it is only removed).
+fn hand_back_flows(
+    table: &mut ConntrackMap,
+    config: &NatConfig,
+    ct: &mut Ctnetlink,
+    given: &mut HashSet<SnatEntry>,
+) -> Result<()> {
+    let snapshot = flows::snapshot(table)?;
+    let now = monotonic_ns();
+    for flow in &snapshot.flows {
+        let Some(entry) = snat_entry(flow, config, &config.timeouts, now) else {
+            continue;
+        };
+        let again = given.iter().any(|g| g.proto == entry.proto && g.pod == entry.pod && g.peer == entry.peer && g.nat == entry.nat);
+        if !again {
+            hand_over(ct, &entry)?;
+            given.insert(entry);
+        }
+        let _ = table.remove(&flow.reply_key);
+        let _ = table.remove(&flow.key);
+    }
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use super::batch;
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, IterableMap as _, MapData};
 use dataplane_common::{
-    conntrack::{FlowState, Timeouts, flow_state},
+    conntrack::{FlowState, IMPORTED, Timeouts, flow_state},
     flow::{Direction, FlowEntry, FlowKey},
 };
 
@@ -32,6 +32,11 @@ impl FlowView {
             reply.state,
             reply.packets > 0,
         )
+    }
+
+    /// Imported from nf_conntrack by a takeover (and not restarted since).
+    pub fn imported(&self) -> bool {
+        self.original.state & IMPORTED != 0
     }
 
     /// Last packet in either direction (bpf_ktime_get_ns clock).

@@ -98,19 +98,6 @@ pub async fn attach_fresh(
     resolved: &Resolved,
     link_type: LinkType,
 ) -> Result<(Ebpf, NatConfig)> {
-    attach_fresh_seeded(netlink, instance, resolved, link_type, |_| Ok(())).await
-}
-
-/// [`attach_fresh`], calling `seed` on the configured object before its
-/// programs are attached: flows written there exist before the first
-/// packet meets the datapath (takeover's imported flows).
-pub async fn attach_fresh_seeded(
-    netlink: &Netlink,
-    instance: &Instance,
-    resolved: &Resolved,
-    link_type: LinkType,
-    seed: impl FnOnce(&mut Ebpf) -> Result<()>,
-) -> Result<(Ebpf, NatConfig)> {
     bpffs::ensure_mounted()?;
     std::fs::create_dir_all(instance.dir())
         .with_context(|| format!("creating {}", instance.dir().display()))?;
@@ -122,7 +109,6 @@ pub async fn attach_fresh_seeded(
     let mut ebpf = loader::load(instance, resolved)?;
     let mut config = resolved.nat_config();
     loader::configure(&mut ebpf, &config, resolved)?;
-    seed(&mut ebpf)?;
     let ifaces = Interfaces::resolved(resolved);
     let record = tc::attach(
         &mut ebpf,

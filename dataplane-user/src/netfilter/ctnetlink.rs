@@ -47,7 +47,7 @@ pub const TEST_FAIL_ENV: &str = "BPFMASQ_TEST_CTNETLINK_FAIL";
 const RECV_BUFFER: usize = 1 << 20;
 
 /// nf_conntrack's TCP states (`enum tcp_conntrack`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TcpState {
     SynSent,
     SynRecv,
@@ -93,7 +93,7 @@ impl TcpState {
 
 /// One source-NAT connection as nf_conntrack holds it: the pod's tuple
 /// (original direction) and the address and port it leaves with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SnatEntry {
     /// `IPPROTO_TCP` or `IPPROTO_UDP`.
     pub proto: u8,

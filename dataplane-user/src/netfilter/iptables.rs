@@ -1,7 +1,9 @@
 //! The bridge plugin's iptables masquerade: one `CNI-*` chain per container
 //! in the nat table, reached from POSTROUTING by `-s <pod address>`. Found
 //! in `iptables-save -t nat`, removed and restored with
-//! `iptables-restore --noflush` (one transaction each).
+//! `iptables-restore --noflush` (one transaction each). Removing them
+//! leaves the nat table, whose hooks keep translating the connections
+//! netfilter already has.
 
 use std::collections::BTreeSet;
 
@@ -29,6 +31,14 @@ impl MasqBackend for Iptables {
 
     fn remove(&self, found: &str) -> Result<()> {
         run("iptables-restore", &["-w", "--noflush"], Some(&removal(found)))?;
+        Ok(())
+    }
+
+    /// The nat table (with its built-in chains, hence its hooks), empty if
+    /// it was not there.
+    fn restore_hooks(&self, _saved: &str) -> Result<()> {
+        self.check_tools()?;
+        run("iptables-restore", &["-w", "--noflush"], Some("*nat\nCOMMIT\n"))?;
         Ok(())
     }
 

@@ -27,8 +27,23 @@ pub trait MasqBackend {
     /// The masquerade rules for sources in `pod_cidr`, as the text that
     /// [`MasqBackend::restore`] puts back; None when there are none.
     fn find(&self, pod_cidr: Ipv4Net) -> Result<Option<String>>;
+    /// Stops masquerading new connections, keeping what translates the
+    /// connections netfilter already has (its nat hooks), so they can move
+    /// one by one; [`MasqBackend::finish`] removes the rest. The default
+    /// removes the rules, when that keeps the hooks.
+    fn disarm(&self, found: &str) -> Result<()> {
+        self.remove(found)
+    }
+    /// Removes what [`MasqBackend::disarm`] left of the rules.
+    fn finish(&self, _found: &str) -> Result<()> {
+        Ok(())
+    }
     /// Removes the rules [`MasqBackend::find`] returned, in one transaction.
     fn remove(&self, found: &str) -> Result<()>;
+    /// Puts in place what translates connections netfilter is given (the
+    /// nat hooks), masquerading nothing yet: the first step of giving
+    /// connections back, before [`MasqBackend::restore`].
+    fn restore_hooks(&self, saved: &str) -> Result<()>;
     /// Adds saved rules back, in one transaction.
     fn restore(&self, saved: &str) -> Result<()>;
 }

@@ -5,9 +5,19 @@
 use anyhow::Result;
 use ipnet::Ipv4Net;
 
-use super::{MasqBackend, cni::NFT_TABLE, parse_net, require_programs, run};
+use super::{
+    MasqBackend,
+    cni::{NFT_CHAIN, NFT_TABLE},
+    parse_net, require_programs, run,
+};
 
 pub struct Nftables;
+
+/// The start of an `nft -f` script that (re)fills the plugin's table:
+/// created if absent, emptied of its rules if present.
+fn replace_table() -> String {
+    format!("table inet {NFT_TABLE}\nflush table inet {NFT_TABLE}\n")
+}
 
 impl MasqBackend for Nftables {
     fn name(&self) -> &'static str {
@@ -38,14 +48,37 @@ impl MasqBackend for Nftables {
         Ok((mentions_pods || table.contains(&pods)).then_some(table))
     }
 
+    /// Empties the per-container chain: the table's nat chain stays, and
+    /// with it the nat hooks existing connections are translated by
+    /// (deleting the table would leave them untranslated at once).
+    fn disarm(&self, _found: &str) -> Result<()> {
+        run("nft", &["flush", "chain", "inet", NFT_TABLE, NFT_CHAIN], None)?;
+        Ok(())
+    }
+
+    fn finish(&self, found: &str) -> Result<()> {
+        self.remove(found)
+    }
+
     fn remove(&self, _found: &str) -> Result<()> {
         run("nft", &["delete", "table", "inet", NFT_TABLE], None)?;
         Ok(())
     }
 
+    /// The saved table with its per-container chain empty: its nat chain
+    /// hooks in, nothing is masqueraded.
+    fn restore_hooks(&self, saved: &str) -> Result<()> {
+        self.check_tools()?;
+        let script = format!("{}{saved}\nflush chain inet {NFT_TABLE} {NFT_CHAIN}\n", replace_table());
+        run("nft", &["-f", "-"], Some(&script))?;
+        Ok(())
+    }
+
+    /// The saved table, replacing whatever the table holds in one
+    /// transaction (its chains, and so its hooks, stay).
     fn restore(&self, saved: &str) -> Result<()> {
         self.check_tools()?;
-        run("nft", &["-f", "-"], Some(saved))?;
+        run("nft", &["-f", "-"], Some(&format!("{}{saved}", replace_table())))?;
         Ok(())
     }
 }
