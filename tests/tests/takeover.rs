@@ -236,7 +236,12 @@ fn takeover_mid_transfer(id: &str, shape: Shape) {
             clients.iter().all(|c| !c.is_finished()),
             "an upload ended before the takeover: the test proves nothing (shaping too weak?)"
         );
-        assert!(said.contains("took over: imported 4 connection(s)"), "{said}");
+        assert!(
+            said.contains("took over: imported 4 connection(s)"),
+            "{said}\nbefore: {before:?}\nafter: {:?}\n{}",
+            nf_snat(&lab),
+            dp.diagnostics()
+        );
         assert!(said.contains(&format!("removed the CNI masquerade rules ({})", shape.backend().name())), "{said}");
         assert_eq!(shape.rules(&lab), None, "the plugin's rules are still there");
         assert!(
@@ -470,4 +475,63 @@ fn handback_without_the_netfilter_tools_fails_before_detaching() {
     dp.forget();
     assert!(Shape::Iptables.rules(&lab).is_some());
     remove_rules(&lab, Shape::Iptables);
+}
+
+/// Not a test with a threshold: how long `attach --takeover` takes with
+/// none, 10,000 and 100,000 live source-NAT entries in nf_conntrack (created
+/// through ctnetlink: established TCP connections of pods in 10.85.0.0/16 to
+/// peers in 198.18.0.0/15, masqueraded to the uplink's address). Prints the
+/// figures BENCHMARKS.md quotes; checks every entry was imported.
+/// `cargo test --release -p bpfmasq-e2e --test takeover -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement (minutes), run on demand"]
+fn takeover_time_with_many_live_connections() {
+    for count in [0u32, 10_000, 100_000] {
+        let lab = Lab::up("tktime", 1);
+        Shape::Iptables.install(&lab);
+        let created = std::time::Instant::now();
+        lab.run_in(HOST, || -> anyhow::Result<()> {
+            let mut ct = Ctnetlink::open()?;
+            for i in 0..count {
+                ct.create_snat(&synthetic_entry(i))?;
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("creating {count} nf_conntrack entries: {e:#}"));
+        eprintln!("created {count} entries in {:.2?}", created.elapsed());
+        let ct_max = (2 * count).to_string();
+        let started = std::time::Instant::now();
+        let (dp, said) = {
+            let out = try_attach(&lab, &["--takeover", "--ct-max", &ct_max]);
+            let guard = Datapath::adopt(&lab);
+            assert!(out.status.success(), "{}", describe(&out));
+            (guard, String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let wall = started.elapsed();
+        eprintln!("{count} live connections: `attach --takeover` took {wall:.2?} in all; it said: {said}");
+        let expected = if count == 0 {
+            "nothing imported".to_owned()
+        } else {
+            format!("imported {count} connection(s)")
+        };
+        assert!(said.contains(&expected), "{said}");
+        assert!(nf_snat(&lab).is_empty(), "entries left in nf_conntrack");
+        drop(dp);
+    }
+}
+
+/// Synthetic connection `i`: pod 10.85.x.y:40000 to 198.18.0.0/15 port 443,
+/// masqueraded to the uplink's address with a port of its own.
+fn synthetic_entry(i: u32) -> SnatEntry {
+    let pod = u32::from(container_addr(1)) + (i % 60_000);
+    let peer = u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + i;
+    SnatEntry {
+        proto: 6,
+        pod: SocketAddrV4::new(pod.into(), 40_000),
+        peer: SocketAddrV4::new(peer.into(), 443),
+        nat: SocketAddrV4::new(HOST_UPLINK_ADDR, 1024 + (i % 60_000) as u16),
+        tcp_state: Some(bpfmasq::netfilter::ctnetlink::TcpState::Established),
+        replied: true,
+        timeout: 3600,
+    }
 }
