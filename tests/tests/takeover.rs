@@ -499,7 +499,7 @@ fn takeover_time_with_many_live_connections() {
         })
         .unwrap_or_else(|e| panic!("creating {count} nf_conntrack entries: {e:#}"));
         eprintln!("created {count} entries in {:.2?}", created.elapsed());
-        let ct_max = (2 * count).to_string();
+        let ct_max = (2 * count).max(1024).to_string();
         let started = std::time::Instant::now();
         let (dp, said) = {
             let out = try_attach(&lab, &["--takeover", "--ct-max", &ct_max]);
