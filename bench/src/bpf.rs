@@ -124,7 +124,14 @@ fn pair(pod: u32, peer: u32, now_ns: u64) -> [(FlowKey, FlowEntry); 2] {
     let sport = SYNTHETIC_SPORT.to_be();
     let key = FlowKey::new(pod, peer, sport, SYNTHETIC_DPORT.to_be(), IPPROTO_TCP);
     let established = SEEN_SYN | SEEN_ACK;
-    nat_flow_pair(key, be(HOST_UPLINK_ADDR), sport, established, established, now_ns)
+    nat_flow_pair(
+        key,
+        be(HOST_UPLINK_ADDR),
+        sport,
+        established,
+        established,
+        now_ns,
+    )
 }
 
 /// Writes `n` synthetic flows (2n entries) into the pinned conntrack map:

@@ -131,7 +131,10 @@ pub const fn nat_flow_pair(
         now_ns,
     );
     back.state = reply_state;
-    [(original.reply_after_snat(nat_addr, nat_port), back), (original, out)]
+    [
+        (original.reply_after_snat(nat_addr, nat_port), back),
+        (original, out),
+    ]
 }
 
 #[cfg(test)]
@@ -163,8 +166,14 @@ mod tests {
         assert_eq!(original_key, key);
         assert_eq!(reply_key, key.reply_after_snat(nat, 41000u16.to_be()));
         assert!(!original.is_reply() && reply.is_reply());
-        assert_eq!((original.rewrite_addr, original.rewrite_port), (nat, 41000u16.to_be()));
-        assert_eq!((reply.rewrite_addr, reply.rewrite_port), (pod, 40000u16.to_be()));
+        assert_eq!(
+            (original.rewrite_addr, original.rewrite_port),
+            (nat, 41000u16.to_be())
+        );
+        assert_eq!(
+            (reply.rewrite_addr, reply.rewrite_port),
+            (pod, 40000u16.to_be())
+        );
         assert_eq!((original.state, reply.state), (3, 5));
         assert_eq!((original.created_ns, reply.last_seen_ns), (7, 7));
     }

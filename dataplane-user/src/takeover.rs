@@ -87,7 +87,8 @@ impl Record {
         let path = record_path(instance);
         match std::fs::read_to_string(&path) {
             Ok(text) => Ok(Some(
-                serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?,
+                serde_json::from_str(&text)
+                    .with_context(|| format!("reading {}", path.display()))?,
             )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
@@ -154,9 +155,15 @@ impl Report {
             ));
         }
         for (count, what) in [
-            (self.other_nat_address, "masqueraded to another address, left to netfilter"),
+            (
+                self.other_nat_address,
+                "masqueraded to another address, left to netfilter",
+            ),
             (self.other_protocols, "neither TCP nor UDP, not imported"),
-            (self.not_written, "could not be written (table full or port taken)"),
+            (
+                self.not_written,
+                "could not be written (table full or port taken)",
+            ),
         ] {
             if count > 0 {
                 line.push_str(&format!("; {count} {what}"));
@@ -221,7 +228,10 @@ pub fn imported_pair(entry: &SnatEntry, now_ns: u64) -> [(FlowKey, FlowEntry); 2
 
 /// Writes `pair` (reply half first, claiming its port); false if the port
 /// is already held by another flow or the table is full.
-pub fn write_pair<T>(table: &mut HashMap<T, FlowKey, FlowEntry>, pair: &[(FlowKey, FlowEntry); 2]) -> Result<bool>
+pub fn write_pair<T>(
+    table: &mut HashMap<T, FlowKey, FlowEntry>,
+    pair: &[(FlowKey, FlowEntry); 2],
+) -> Result<bool>
 where
     T: std::borrow::BorrowMut<aya::maps::MapData>,
 {
@@ -229,7 +239,10 @@ where
     match table.insert(reply_key, reply, BPF_NOEXIST) {
         Ok(()) => {}
         Err(MapError::SyscallError(e))
-            if matches!(e.io_error.raw_os_error(), Some(libc::EEXIST | libc::E2BIG | libc::ENOMEM)) =>
+            if matches!(
+                e.io_error.raw_os_error(),
+                Some(libc::EEXIST | libc::E2BIG | libc::ENOMEM)
+            ) =>
         {
             return Ok(false);
         }
@@ -257,10 +270,9 @@ fn find_rules(pod_cidr: Ipv4Net) -> Result<Vec<(&'static dyn MasqBackend, String
         if backend.check_tools().is_err() {
             continue;
         }
-        if let Some(rules) = backend
-            .find(pod_cidr)
-            .with_context(|| format!("looking for the CNI masquerade rules in {}", backend.name()))?
-        {
+        if let Some(rules) = backend.find(pod_cidr).with_context(|| {
+            format!("looking for the CNI masquerade rules in {}", backend.name())
+        })? {
             found.push((backend, rules));
         }
     }
@@ -321,8 +333,10 @@ pub async fn attach_fresh(
         .dump_snat(pod_cidr)
         .context("nothing was changed (no rule removed, nothing attached)")?;
     report.other_protocols = first.other_protocols;
-    let (ours, theirs): (Vec<SnatEntry>, Vec<SnatEntry>) =
-        first.entries.into_iter().partition(|e| *e.nat.ip() == nat_addr);
+    let (ours, theirs): (Vec<SnatEntry>, Vec<SnatEntry>) = first
+        .entries
+        .into_iter()
+        .partition(|e| *e.nat.ip() == nat_addr);
     report.other_nat_address = theirs.len();
 
     let through_netfilter = Resolved {
@@ -436,7 +450,10 @@ pub async fn detach(netns: Option<&str>, uplink: Option<&str>) -> Result<()> {
                     .ok_or_else(|| anyhow!("the takeover record names an unknown backend `{name}`"))
             })
             .collect::<Result<_>>()?,
-        _ => vec![(backend("iptables").expect("built in"), cni_shape(&instance, pod_cidr))],
+        _ => vec![(
+            backend("iptables").expect("built in"),
+            cni_shape(&instance, pod_cidr),
+        )],
     };
     // Everything that can fail for want of a tool fails here, before any change.
     for (backend, _) in &rules {
@@ -467,7 +484,11 @@ pub async fn detach(netns: Option<&str>, uplink: Option<&str>) -> Result<()> {
     println!(
         "handed back: {handed} connection(s) given to nf_conntrack with their NAT ports, {} masquerade rules {}; detached from {} in network namespace `{}`",
         names.join(" and "),
-        if record.is_some() { "restored" } else { "created (the CNI plugin's shape for the pod network)" },
+        if record.is_some() {
+            "restored"
+        } else {
+            "created (the CNI plugin's shape for the pod network)"
+        },
         instance.uplink,
         instance.netns
     );
@@ -524,7 +545,12 @@ fn hand_back_flows(
         let Some(entry) = snat_entry(flow, config, &config.timeouts, now) else {
             continue;
         };
-        let again = given.iter().any(|g| g.proto == entry.proto && g.pod == entry.pod && g.peer == entry.peer && g.nat == entry.nat);
+        let again = given.iter().any(|g| {
+            g.proto == entry.proto
+                && g.pod == entry.pod
+                && g.peer == entry.peer
+                && g.nat == entry.nat
+        });
         if !again {
             hand_over(ct, &entry)?;
             given.insert(entry);
@@ -576,7 +602,8 @@ fn snat_entry(
             u16::from_be(flow.original.rewrite_port),
         ),
         tcp_state: (proto == IPPROTO_TCP).then(|| tcp_state_of(state)),
-        replied: flow.reply.is_some_and(|r| r.packets > 0) || !matches!(state, FlowState::Unreplied | FlowState::TcpSynSent),
+        replied: flow.reply.is_some_and(|r| r.packets > 0)
+            || !matches!(state, FlowState::Unreplied | FlowState::TcpSynSent),
         timeout: u32::try_from(remaining).unwrap_or(u32::MAX),
     })
 }
@@ -590,7 +617,10 @@ fn pod_cidr_of(config: &NatConfig) -> Result<Ipv4Net> {
 /// The CNI plugin's iptables shape for the whole pod network, for a
 /// handback with no takeover record: one chain, reached for every pod source.
 fn cni_shape(instance: &Instance, pod_cidr: Ipv4Net) -> String {
-    let id = cni::id_from(&format!("bpfmasq-handback-{}-{}", instance.netns, instance.uplink));
+    let id = cni::id_from(&format!(
+        "bpfmasq-handback-{}-{}",
+        instance.netns, instance.uplink
+    ));
     cni::iptables_restore_input(
         pod_cidr,
         &[Container {

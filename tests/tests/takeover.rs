@@ -75,7 +75,12 @@ impl Shape {
     /// Loads the plugin's rules for the lab's containers into its host.
     fn install(self, lab: &Lab) {
         let containers: Vec<Container> = (1..=lab.containers())
-            .map(|i| Container::new(container_addr(i), &cni::id_from(&format!("{}-c{i}", lab.name()))))
+            .map(|i| {
+                Container::new(
+                    container_addr(i),
+                    &cni::id_from(&format!("{}-c{i}", lab.name())),
+                )
+            })
             .collect();
         let text = match self {
             Self::Iptables => cni::iptables_restore_input(POD_SUBNET, &containers),
@@ -83,7 +88,10 @@ impl Shape {
         };
         lab.run_in(HOST, || self.backend().restore(&text))
             .unwrap_or_else(|e| panic!("loading the plugin's {self:?} rules: {e:#}"));
-        assert!(self.rules(lab).is_some(), "the {self:?} rules just loaded are not found");
+        assert!(
+            self.rules(lab).is_some(),
+            "the {self:?} rules just loaded are not found"
+        );
     }
 
     /// The pod network's masquerade rules in the lab's host, if any.
@@ -113,8 +121,19 @@ fn shape_uplink(lab: &Lab) {
     lab.exec_ok(
         HOST,
         &[
-            "tc", "qdisc", "add", "dev", UPLINK, "root", "tbf", "rate", UPLINK_RATE, "burst",
-            "256kb", "latency", "200ms",
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            UPLINK,
+            "root",
+            "tbf",
+            "rate",
+            UPLINK_RATE,
+            "burst",
+            "256kb",
+            "latency",
+            "200ms",
         ],
     );
 }
@@ -183,8 +202,13 @@ fn takeover_mid_transfer(id: &str, shape: Shape) {
     let udp_echo = UdpEchoServer::spawn(&lab, OUT, udp_server, "udp");
     let pod = |i: u16, port: u16| SocketAddrV4::new(container_addr(i), port);
 
-    let mut idle_stream = tcp::connect(&lab, &container(1), Some(pod(1, IDLE_SOURCE_PORT)), idle_server)
-        .expect("idle connection");
+    let mut idle_stream = tcp::connect(
+        &lab,
+        &container(1),
+        Some(pod(1, IDLE_SOURCE_PORT)),
+        idle_server,
+    )
+    .expect("idle connection");
     let answer = tcp::ask_line(&mut idle_stream, b"before\n").expect("idle connection, before");
     assert_eq!(answer, echo::reply("idle", b"before\n"));
     let udp_socket = udp::bind(&lab, &container(2), pod(2, UDP_SOURCE_PORT)).expect("UDP socket");
@@ -194,8 +218,12 @@ fn takeover_mid_transfer(id: &str, shape: Shape) {
         let upload = |i: u16| {
             let lab = &lab;
             scope.spawn(move || {
-                let mut stream =
-                    tcp::connect(lab, &container(i), Some(pod(i, UPLOAD_SOURCE_PORT)), upload_server)?;
+                let mut stream = tcp::connect(
+                    lab,
+                    &container(i),
+                    Some(pod(i, UPLOAD_SOURCE_PORT)),
+                    upload_server,
+                )?;
                 tcp::send_stream(&mut stream, u64::from(i), UPLOAD_BYTES)
             })
         };
@@ -205,7 +233,9 @@ fn takeover_mid_transfer(id: &str, shape: Shape) {
             while !stop_udp.load(Ordering::Relaxed) {
                 let payload = format!("request {answered}");
                 let answer = udp::request(&udp_socket, udp_server, payload.as_bytes())
-                    .unwrap_or_else(|e| panic!("the UDP stream broke after {answered} answers: {e}"));
+                    .unwrap_or_else(|e| {
+                        panic!("the UDP stream broke after {answered} answers: {e}")
+                    });
                 assert_eq!(answer, echo::reply("udp", payload.as_bytes()));
                 answered += 1;
                 thread::sleep(Duration::from_millis(50));
@@ -242,8 +272,18 @@ fn takeover_mid_transfer(id: &str, shape: Shape) {
             nf_snat(&lab),
             dp.diagnostics()
         );
-        assert!(said.contains(&format!("removed the CNI masquerade rules ({})", shape.backend().name())), "{said}");
-        assert_eq!(shape.rules(&lab), None, "the plugin's rules are still there");
+        assert!(
+            said.contains(&format!(
+                "removed the CNI masquerade rules ({})",
+                shape.backend().name()
+            )),
+            "{said}"
+        );
+        assert_eq!(
+            shape.rules(&lab),
+            None,
+            "the plugin's rules are still there"
+        );
         assert!(
             nf_snat(&lab).is_empty(),
             "nf_conntrack still NATs the imported connections: {:?}",
@@ -265,24 +305,32 @@ fn takeover_mid_transfer(id: &str, shape: Shape) {
 
         // A new connection that would keep an imported flow's port (same
         // source port, same server) gets another one.
-        let mut newcomer = tcp::connect(&lab, &container(2), Some(pod(2, IDLE_SOURCE_PORT)), idle_server)
-            .expect("a new connection after the takeover");
+        let mut newcomer = tcp::connect(
+            &lab,
+            &container(2),
+            Some(pod(2, IDLE_SOURCE_PORT)),
+            idle_server,
+        )
+        .expect("a new connection after the takeover");
         let answer = tcp::ask_line(&mut newcomer, b"new\n").expect("new connection");
         assert_eq!(answer, echo::reply("idle", b"new\n"));
         let new_nat = translated(
-            &flow_of(&lab, pod(2, IDLE_SOURCE_PORT), idle_server).expect("the new connection's flow"),
+            &flow_of(&lab, pod(2, IDLE_SOURCE_PORT), idle_server)
+                .expect("the new connection's flow"),
         );
-        assert_ne!(new_nat, idle_nat, "a new flow got the port an imported flow holds");
+        assert_ne!(
+            new_nat, idle_nat,
+            "a new flow got the port an imported flow holds"
+        );
         let answer = tcp::ask_line(&mut idle_stream, b"after\n").expect("idle connection, after");
         assert_eq!(answer, echo::reply("idle", b"after\n"));
         close(newcomer);
         close(idle_stream);
 
         for (i, client) in clients.into_iter().enumerate() {
-            let check = client
-                .join()
-                .expect("upload thread")
-                .unwrap_or_else(|e| panic!("upload from c{} failed: {e}\n{}", i + 1, dp.diagnostics()));
+            let check = client.join().expect("upload thread").unwrap_or_else(|e| {
+                panic!("upload from c{} failed: {e}\n{}", i + 1, dp.diagnostics())
+            });
             assert!(check.intact(), "upload from c{}: {check:?}", i + 1);
         }
         stop_udp.store(true, Ordering::Relaxed);
@@ -296,8 +344,15 @@ fn takeover_mid_transfer(id: &str, shape: Shape) {
         expected.sort();
         assert_eq!(seen, expected, "the upload server saw {served:?}");
         for s in &served {
-            let check = s.result.as_ref().unwrap_or_else(|e| panic!("server side: {e}"));
-            assert!(check.intact(), "the server received {check:?} from {}", s.peer);
+            let check = s
+                .result
+                .as_ref()
+                .unwrap_or_else(|e| panic!("server side: {e}"));
+            assert!(
+                check.intact(),
+                "the server received {check:?} from {}",
+                s.peer
+            );
         }
         let idle_served = idle.join();
         assert_eq!(idle_served[0].peer, idle_nat, "{idle_served:?}");
@@ -362,17 +417,27 @@ fn handback_mid_transfer(id: &str, shape: Shape) {
         let out = handback(&lab, &[]);
         assert!(out.status.success(), "handback failed: {}", describe(&out));
         let said = String::from_utf8_lossy(&out.stdout);
-        assert!(said.contains("handed back: 1 connection(s)"), "{}", describe(&out));
+        assert!(
+            said.contains("handed back: 1 connection(s)"),
+            "{}",
+            describe(&out)
+        );
         assert!(said.contains("masquerade rules restored"), "{said}");
         dp.forget();
-        assert!(!lab.pins_dir().exists(), "still attached after the handback");
+        assert!(
+            !lab.pins_dir().exists(),
+            "still attached after the handback"
+        );
         if client.is_finished() {
             panic!(
                 "the upload ended before the handback ({:?}): the test proves nothing",
                 client.join()
             );
         }
-        assert!(shape.rules(&lab).is_some(), "the plugin's rules are not back");
+        assert!(
+            shape.rules(&lab).is_some(),
+            "the plugin's rules are not back"
+        );
         assert_eq!(
             nf_nat_of(&nf_snat(&lab), pod, server_addr),
             Some(nat),
@@ -386,7 +451,13 @@ fn handback_mid_transfer(id: &str, shape: Shape) {
         let served = server.join();
         assert_eq!(served.len(), 1, "{served:?}");
         assert_eq!(served[0].peer, nat, "the server saw {served:?}");
-        assert!(served[0].result.as_ref().is_ok_and(tcp::StreamCheck::intact), "{served:?}");
+        assert!(
+            served[0]
+                .result
+                .as_ref()
+                .is_ok_and(tcp::StreamCheck::intact),
+            "{served:?}"
+        );
     });
     // The rules are the plugin's again: remove them, as its DEL would.
     remove_rules(&lab, shape);
@@ -425,7 +496,13 @@ fn a_failed_conntrack_dump_changes_nothing() {
     let lab = Lab::up("tkfail", 1);
     Shape::Iptables.install(&lab);
     let server_addr = SocketAddrV4::new(OUTSIDE_ADDR, IDLE_PORT);
-    let server = TcpServer::spawn(&lab, OUT, server_addr, 1, tcp::echo_lines("idle", Duration::from_secs(30)));
+    let server = TcpServer::spawn(
+        &lab,
+        OUT,
+        server_addr,
+        1,
+        tcp::echo_lines("idle", Duration::from_secs(30)),
+    );
     let pod = SocketAddrV4::new(container_addr(1), IDLE_SOURCE_PORT);
     let mut stream = tcp::connect(&lab, &container(1), Some(pod), server_addr).expect("connection");
     tcp::ask_line(&mut stream, b"before\n").expect("before");
@@ -436,7 +513,11 @@ fn a_failed_conntrack_dump_changes_nothing() {
     command.args(&args).env("BPFMASQ_TEST_CTNETLINK_FAIL", "1");
     let out = process::run(&mut command, product::COMMAND_TIMEOUT);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the takeover should fail: {}", describe(&out));
+    assert!(
+        !out.status.success(),
+        "the takeover should fail: {}",
+        describe(&out)
+    );
     assert!(
         stderr.contains("nothing was changed") && stderr.lines().count() == 1,
         "{}",
@@ -461,7 +542,8 @@ fn handback_without_the_netfilter_tools_fails_before_detaching() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{}", describe(&out));
     assert!(
-        stderr.contains("`iptables-save` is not installed") && stderr.contains("bpfmasq stays attached"),
+        stderr.contains("`iptables-save` is not installed")
+            && stderr.contains("bpfmasq stays attached"),
         "{}",
         describe(&out)
     );
@@ -508,7 +590,9 @@ fn takeover_time_with_many_live_connections() {
             (guard, String::from_utf8_lossy(&out.stdout).into_owned())
         };
         let wall = started.elapsed();
-        eprintln!("{count} live connections: `attach --takeover` took {wall:.2?} in all; it said: {said}");
+        eprintln!(
+            "{count} live connections: `attach --takeover` took {wall:.2?} in all; it said: {said}"
+        );
         let expected = if count == 0 {
             "nothing imported".to_owned()
         } else {

@@ -95,7 +95,14 @@ pub fn iptables_container_rules(
     let source = container.source.to_string();
     let with_comment = |head: &[&str], target: &str| {
         let mut rule = args(head);
-        rule.extend(args(&["-m", "comment", "--comment", &comment, "-j", target]));
+        rule.extend(args(&[
+            "-m",
+            "comment",
+            "--comment",
+            &comment,
+            "-j",
+            target,
+        ]));
         rule
     };
     let rules = [

@@ -128,9 +128,7 @@ pub struct Ctnetlink {
 impl Ctnetlink {
     pub fn open() -> Result<Self> {
         let mut socket = Socket::new(NETLINK_NETFILTER).context("opening a ctnetlink socket")?;
-        socket
-            .bind_auto()
-            .context("binding the ctnetlink socket")?;
+        socket.bind_auto().context("binding the ctnetlink socket")?;
         socket
             .connect(&SocketAddr::new(0, 0))
             .context("connecting the ctnetlink socket")?;
@@ -175,9 +173,11 @@ impl Ctnetlink {
     /// Deletes the entry whose original tuple is `entry`'s; false if there
     /// was none (it expired meanwhile).
     pub fn delete(&mut self, entry: &SnatEntry) -> Result<bool> {
-        let message = ConntrackMessage::Delete(vec![ConntrackAttribute::CtaTupleOrig(
-            tuple(entry.proto, entry.pod, entry.peer),
-        )]);
+        let message = ConntrackMessage::Delete(vec![ConntrackAttribute::CtaTupleOrig(tuple(
+            entry.proto,
+            entry.pod,
+            entry.peer,
+        ))]);
         match self.request(message, NLM_F_ACK, |_| {}) {
             Ok(()) => Ok(true),
             Err(e) if errno(&e) == Some(libc::ENOENT) => Ok(false),
@@ -193,11 +193,17 @@ impl Ctnetlink {
         // Kernels since 5.19 mark the new entry confirmed before applying
         // CTA_STATUS, and refuse a status without that bit (EBUSY); older
         // ones refuse it with the bit. Ask the newer way first.
-        let result = self.request(ConntrackMessage::New(create_attributes(entry, true)), flags, |_| {});
+        let result = self.request(
+            ConntrackMessage::New(create_attributes(entry, true)),
+            flags,
+            |_| {},
+        );
         let result = match result {
-            Err(e) if errno(&e) == Some(libc::EBUSY) => {
-                self.request(ConntrackMessage::New(create_attributes(entry, false)), flags, |_| {})
-            }
+            Err(e) if errno(&e) == Some(libc::EBUSY) => self.request(
+                ConntrackMessage::New(create_attributes(entry, false)),
+                flags,
+                |_| {},
+            ),
             other => other,
         };
         result.with_context(|| format!("creating nf_conntrack's entry {entry}"))
@@ -225,10 +231,9 @@ impl Ctnetlink {
                 .context("reading ctnetlink's answer")?;
             let mut offset = 0;
             while offset < size {
-                let message = NetlinkMessage::<NetfilterMessage>::deserialize(
-                    &self.buffer[offset..size],
-                )
-                .map_err(|e| anyhow!("undecodable ctnetlink answer: {e}"))?;
+                let message =
+                    NetlinkMessage::<NetfilterMessage>::deserialize(&self.buffer[offset..size])
+                        .map_err(|e| anyhow!("undecodable ctnetlink answer: {e}"))?;
                 let length = message.header.length as usize;
                 if message.header.sequence_number == seq {
                     match message.payload {
@@ -343,11 +348,13 @@ fn create_attributes(entry: &SnatEntry, confirmed: bool) -> Vec<ConntrackAttribu
         // struct nf_ct_tcp_flags { flags, mask }.
         let liberal = TCPFlags::parse(&[IP_CT_TCP_FLAG_BE_LIBERAL, IP_CT_TCP_FLAG_BE_LIBERAL])
             .expect("two bytes");
-        attributes.push(ConntrackAttribute::CtaProtoInfo(vec![ProtoInfo::TCP(vec![
-            ProtoInfoTCP::State(state.raw()),
-            ProtoInfoTCP::OriginalFlags(liberal.clone()),
-            ProtoInfoTCP::ReplyFlags(liberal),
-        ])]));
+        attributes.push(ConntrackAttribute::CtaProtoInfo(vec![ProtoInfo::TCP(
+            vec![
+                ProtoInfoTCP::State(state.raw()),
+                ProtoInfoTCP::OriginalFlags(liberal.clone()),
+                ProtoInfoTCP::ReplyFlags(liberal),
+            ],
+        )]));
     }
     attributes
 }
@@ -438,9 +445,8 @@ impl Entry {
             pod: self.orig.src,
             peer: self.orig.dst,
             nat: self.reply.dst,
-            tcp_state: (self.orig.proto == libc_proto::TCP).then_some(
-                self.tcp_state.unwrap_or(TcpState::Established),
-            ),
+            tcp_state: (self.orig.proto == libc_proto::TCP)
+                .then_some(self.tcp_state.unwrap_or(TcpState::Established)),
             replied: self.status.contains(Status::SeenReply),
             timeout: self.timeout,
         })

@@ -30,7 +30,11 @@ impl MasqBackend for Iptables {
     }
 
     fn remove(&self, found: &str) -> Result<()> {
-        run("iptables-restore", &["-w", "--noflush"], Some(&removal(found)))?;
+        run(
+            "iptables-restore",
+            &["-w", "--noflush"],
+            Some(&removal(found)),
+        )?;
         Ok(())
     }
 
@@ -38,7 +42,11 @@ impl MasqBackend for Iptables {
     /// it was not there.
     fn restore_hooks(&self, _saved: &str) -> Result<()> {
         self.check_tools()?;
-        run("iptables-restore", &["-w", "--noflush"], Some("*nat\nCOMMIT\n"))?;
+        run(
+            "iptables-restore",
+            &["-w", "--noflush"],
+            Some("*nat\nCOMMIT\n"),
+        )?;
         Ok(())
     }
 

@@ -93,11 +93,9 @@ fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<String> {
 
 /// `10.85.0.2/32` or `10.85.0.2`, as the tools print a source.
 fn parse_net(text: &str) -> Option<Ipv4Net> {
-    text.parse().ok().or_else(|| {
-        text.parse::<std::net::Ipv4Addr>()
-            .ok()
-            .map(Ipv4Net::from)
-    })
+    text.parse()
+        .ok()
+        .or_else(|| text.parse::<std::net::Ipv4Addr>().ok().map(Ipv4Net::from))
 }
 
 /// Fails unless every program in `programs` is on PATH.
@@ -105,7 +103,9 @@ fn require_programs(backend: &str, programs: &[&str]) -> Result<()> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     for program in programs {
         if !std::env::split_paths(&path).any(|dir| dir.join(program).is_file()) {
-            bail!("`{program}` is not installed (or not on PATH): {backend} rules cannot be changed");
+            bail!(
+                "`{program}` is not installed (or not on PATH): {backend} rules cannot be changed"
+            );
         }
     }
     Ok(())

@@ -31,7 +31,10 @@ impl MasqBackend for Nftables {
     fn find(&self, pod_cidr: Ipv4Net) -> Result<Option<String>> {
         self.check_tools()?;
         let tables = run("nft", &["list", "tables", "inet"], None)?;
-        if !tables.lines().any(|l| l.trim() == format!("table inet {NFT_TABLE}")) {
+        if !tables
+            .lines()
+            .any(|l| l.trim() == format!("table inet {NFT_TABLE}"))
+        {
             return Ok(None);
         }
         let table = run("nft", &["list", "table", "inet", NFT_TABLE], None)?;
@@ -52,7 +55,11 @@ impl MasqBackend for Nftables {
     /// with it the nat hooks existing connections are translated by
     /// (deleting the table would leave them untranslated at once).
     fn disarm(&self, _found: &str) -> Result<()> {
-        run("nft", &["flush", "chain", "inet", NFT_TABLE, NFT_CHAIN], None)?;
+        run(
+            "nft",
+            &["flush", "chain", "inet", NFT_TABLE, NFT_CHAIN],
+            None,
+        )?;
         Ok(())
     }
 
@@ -69,7 +76,10 @@ impl MasqBackend for Nftables {
     /// hooks in, nothing is masqueraded.
     fn restore_hooks(&self, saved: &str) -> Result<()> {
         self.check_tools()?;
-        let script = format!("{}{saved}\nflush chain inet {NFT_TABLE} {NFT_CHAIN}\n", replace_table());
+        let script = format!(
+            "{}{saved}\nflush chain inet {NFT_TABLE} {NFT_CHAIN}\n",
+            replace_table()
+        );
         run("nft", &["-f", "-"], Some(&script))?;
         Ok(())
     }
@@ -78,7 +88,11 @@ impl MasqBackend for Nftables {
     /// transaction (its chains, and so its hooks, stay).
     fn restore(&self, saved: &str) -> Result<()> {
         self.check_tools()?;
-        run("nft", &["-f", "-"], Some(&format!("{}{saved}", replace_table())))?;
+        run(
+            "nft",
+            &["-f", "-"],
+            Some(&format!("{}{saved}", replace_table())),
+        )?;
         Ok(())
     }
 }
