@@ -526,7 +526,7 @@ mod tests {
         assert_eq!(
             bytes,
             [
-                36, 0, 6, 0x80, // CTA_NAT_SRC, nested
+                40, 0, 6, 0x80, // CTA_NAT_SRC, nested
                 8, 0, 1, 0, 192, 168, 61, 11, // MINIP
                 8, 0, 2, 0, 192, 168, 61, 11, // MAXIP
                 20, 0, 3, 0x80, // CTA_NAT_PROTO, nested
