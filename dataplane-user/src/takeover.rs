@@ -51,7 +51,7 @@ use crate::{
         pinned,
     },
     netfilter::{
-        MasqBackend, backend, backends,
+        MasqBackend, UntrackedReplies, backend, backends,
         cni::{self, Container},
         ctnetlink::{Ctnetlink, SnatEntry, TcpState},
     },
@@ -313,7 +313,8 @@ pub async fn attach(netns: Option<&str>, args: &AttachOptions) -> Result<()> {
 /// must not translate one connection at once: netfilter would see a reply
 /// bpfmasq already translated back as a new connection clashing with its
 /// own entry, and give it another source port (the pod answers that with
-/// a reset). The rules are removed before the first connection moves; a
+/// a reset); [`UntrackedReplies`] covers the instant between the two steps.
+/// The rules are removed before the first connection moves; a
 /// connection that starts while the others move is bpfmasq's, and a port
 /// it took from a connection not yet moved shows as "could not be
 /// written". The fast path is switched on at the end, when asked for.
@@ -339,6 +340,7 @@ pub async fn attach_fresh(
         .partition(|e| *e.nat.ip() == nat_addr);
     report.other_nat_address = theirs.len();
 
+    let untracked = UntrackedReplies::install(&resolved.uplink, pod_cidr)?;
     let through_netfilter = Resolved {
         fast_path: false,
         ..resolved.clone()
@@ -396,6 +398,7 @@ pub async fn attach_fresh(
         report.removed.push(backend.name());
     }
 
+    drop(untracked);
     if resolved.fast_path {
         config.flags |= FLAG_FAST_PATH;
         pinned::write_config(instance, &config).context("switching the fast path on")?;
@@ -472,7 +475,9 @@ pub async fn detach(netns: Option<&str>, uplink: Option<&str>) -> Result<()> {
         };
         pinned::write_config(&instance, &through_netfilter)?;
     }
+    let untracked = UntrackedReplies::install(&instance.uplink, pod_cidr)?;
     let result = hand_back(&instance, &config, &mut ct, &rules);
+    drop(untracked);
     if result.is_err() && config.fast_path() {
         let _ = pinned::write_config(&instance, &config);
     }

@@ -110,3 +110,44 @@ fn require_programs(backend: &str, programs: &[&str]) -> Result<()> {
     }
     Ok(())
 }
+
+/// While it lives, netfilter leaves untracked what arrives on the uplink
+/// for the pod network: the replies bpfmasq has already translated back.
+/// During a switch one connection's packets go through both: without it,
+/// netfilter would take such a reply (to a pod, while its own entry for the
+/// connection expects it to the NAT address) for a new connection clashing
+/// with its entry, and give it another source port, which the pod answers
+/// with a reset. Replies bpfmasq leaves alone are addressed to the NAT
+/// address when netfilter first sees them, and are tracked as ever.
+/// An nftables table of its own; without `nft`, there is none (and the
+/// switch is only as safe as its timing).
+pub struct UntrackedReplies {
+    installed: bool,
+}
+
+/// The table [`UntrackedReplies`] installs.
+const UNTRACKED_TABLE: &str = "bpfmasq_switch";
+
+impl UntrackedReplies {
+    pub fn install(uplink: &str, pod_cidr: Ipv4Net) -> Result<Self> {
+        if require_programs("nftables", &["nft"]).is_err() {
+            return Ok(Self { installed: false });
+        }
+        let script = format!(
+            "table ip {UNTRACKED_TABLE} {{\n  chain replies {{\n    \
+             type filter hook prerouting priority raw; policy accept;\n    \
+             iifname \"{uplink}\" ip daddr {pod_cidr} notrack\n  }}\n}}\n"
+        );
+        run("nft", &["-f", "-"], Some(&script))
+            .context("leaving translated replies untracked during the switch")?;
+        Ok(Self { installed: true })
+    }
+}
+
+impl Drop for UntrackedReplies {
+    fn drop(&mut self) {
+        if self.installed {
+            let _ = run("nft", &["delete", "table", "ip", UNTRACKED_TABLE], None);
+        }
+    }
+}
