@@ -118,7 +118,8 @@ fn require_programs(backend: &str, programs: &[&str]) -> Result<()> {
 /// connection expects it to the NAT address) for a new connection clashing
 /// with its entry, and give it another source port, which the pod answers
 /// with a reset. Replies bpfmasq leaves alone are addressed to the NAT
-/// address when netfilter first sees them, and are tracked as ever.
+/// address when netfilter first sees them, and are tracked as ever. It also
+/// keeps conntrack itself running until the switch is over.
 /// An nftables table of its own; without `nft`, there is none (and the
 /// switch is only as safe as its timing).
 pub struct UntrackedReplies {
@@ -133,10 +134,16 @@ impl UntrackedReplies {
         if require_programs("nftables", &["nft"]).is_err() {
             return Ok(Self { installed: false });
         }
+        // The `ct` expression keeps conntrack running in this namespace:
+        // it stops when its last user goes, and the masquerade rules may
+        // be that user; the connections not moved yet still need it.
         let script = format!(
             "table ip {UNTRACKED_TABLE} {{\n  chain replies {{\n    \
              type filter hook prerouting priority raw; policy accept;\n    \
-             iifname \"{uplink}\" ip daddr {pod_cidr} notrack\n  }}\n}}\n"
+             iifname \"{uplink}\" ip daddr {pod_cidr} notrack\n  }}\n  \
+             chain keep_tracking {{\n    \
+             type filter hook forward priority filter; policy accept;\n    \
+             ct state invalid counter\n  }}\n}}\n"
         );
         run("nft", &["-f", "-"], Some(&script))
             .context("leaving translated replies untracked during the switch")?;
