@@ -29,7 +29,7 @@ use bpfmasq::{
 };
 use bpfmasq_e2e::{
     Datapath,
-    daemon_support::{addr_of, flows, port_of},
+    daemon_support::{Daemon, addr_of, flows, port_of},
     datapath::{attach_args, try_attach},
     echo,
     lab::Lab,
@@ -489,6 +489,45 @@ fn takeover_without_masquerade_rules_attaches_and_says_nothing_was_imported() {
     let server = SocketAddrV4::new(OUTSIDE_ADDR, UPLOAD_PORT);
     let seen = tcp::transfer_checked(&lab, &dp, &container(1), (OUT, server), 3, 64 * 1024);
     assert_eq!(*seen.seen_by_server.ip(), HOST_UPLINK_ADDR);
+}
+
+#[test]
+fn run_takeover_moves_a_live_connection_into_the_daemons_datapath() {
+    let lab = Lab::up("tkrun", 1);
+    Shape::Iptables.install(&lab);
+    let server_addr = SocketAddrV4::new(OUTSIDE_ADDR, IDLE_PORT);
+    let server = TcpServer::spawn(
+        &lab,
+        OUT,
+        server_addr,
+        1,
+        tcp::echo_lines("idle", Duration::from_secs(30)),
+    );
+    let pod = SocketAddrV4::new(container_addr(1), IDLE_SOURCE_PORT);
+    let mut stream = tcp::connect(&lab, &container(1), Some(pod), server_addr).expect("connection");
+    tcp::ask_line(&mut stream, b"before\n").expect("before");
+    let nat = nf_nat_of(&nf_snat(&lab), pod, server_addr).expect("netfilter NATs the connection");
+
+    let (daemon, line) = Daemon::start(&lab, &["--takeover"]);
+    assert!(line.contains("attached to"), "{line}");
+    assert!(
+        daemon
+            .output()
+            .contains("bpfmasq run: took over: imported 1 connection(s)"),
+        "{}",
+        daemon.output()
+    );
+    assert_eq!(
+        Shape::Iptables.rules(&lab),
+        None,
+        "the plugin's rules are still there"
+    );
+    let flow = flow_of(&lab, pod, server_addr).expect("the imported flow");
+    assert_eq!(translated(&flow), nat, "{flow}");
+    let answer = tcp::ask_line(&mut stream, b"after\n").expect("the connection still works");
+    assert_eq!(answer, echo::reply("idle", b"after\n"));
+    close(stream);
+    drop(server.join());
 }
 
 #[test]

@@ -70,7 +70,7 @@ pub async fn run(netns: Option<&str>, args: &RunOptions) -> Result<()> {
         let (mut ebpf, config, report) =
             crate::takeover::attach_fresh(&netlink, &instance, &resolved, args.attach.link_type)
                 .await?;
-        println!("{}", report.describe());
+        println!("bpfmasq run: {}", report.describe());
         Started {
             how: How::Attached,
             program_ids: loader::program_ids(&mut ebpf)?,
