@@ -20,7 +20,7 @@ use aya::{
 };
 use dataplane_common::{
     conntrack::{SEEN_ACK, SEEN_SYN},
-    flow::{Direction, FlowEntry, FlowKey, IPPROTO_TCP},
+    flow::{FlowEntry, FlowKey, IPPROTO_TCP, nat_flow_pair},
 };
 use serde::Serialize;
 
@@ -121,16 +121,17 @@ fn synthetic_pair(index: u32, now_ns: u64) -> [(FlowKey, FlowEntry); 2] {
 }
 
 fn pair(pod: u32, peer: u32, now_ns: u64) -> [(FlowKey, FlowEntry); 2] {
-    let nat = be(HOST_UPLINK_ADDR);
     let sport = SYNTHETIC_SPORT.to_be();
-    let dport = SYNTHETIC_DPORT.to_be();
-    let key = FlowKey::new(pod, peer, sport, dport, IPPROTO_TCP);
-    let mut original = FlowEntry::new(Direction::Original, nat, sport, now_ns);
-    original.state = SEEN_SYN | SEEN_ACK;
-    let reply_key = key.reply_after_snat(nat, sport);
-    let mut reply = FlowEntry::new(Direction::Reply, pod, sport, now_ns);
-    reply.state = SEEN_SYN | SEEN_ACK;
-    [(reply_key, reply), (key, original)]
+    let key = FlowKey::new(pod, peer, sport, SYNTHETIC_DPORT.to_be(), IPPROTO_TCP);
+    let established = SEEN_SYN | SEEN_ACK;
+    nat_flow_pair(
+        key,
+        be(HOST_UPLINK_ADDR),
+        sport,
+        established,
+        established,
+        now_ns,
+    )
 }
 
 /// Writes `n` synthetic flows (2n entries) into the pinned conntrack map:

@@ -8,7 +8,6 @@
 //! probe), never in the caller's.
 
 use std::{
-    fmt::Write as _,
     fs,
     net::Ipv4Addr,
     path::Path,
@@ -16,25 +15,16 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use sha2::{Digest as _, Sha512};
 
 use super::proc::NsCommand;
 use bpfmasq::{
     lab::{BRIDGE, POD_SUBNET, UPLINK},
+    netfilter::cni::{self, Container, IFNAME, NET_NAME, NFT_CHAIN, NFT_TABLE, nft_comment},
     netns::NetNs,
 };
 
-/// The CNI network name CRI-O's default bridge network uses.
-pub const NET_NAME: &str = "crio";
-/// Container interface name the nftables comment records.
-const IFNAME: &str = "eth0";
-/// The nftables plugin's table and chain names.
-pub const NFT_TABLE: &str = "cni_plugins_masquerade";
-pub const NFT_CHAIN: &str = "masq_checks";
 /// The extra table holding the flowtable (flowtable variant only).
 const NFT_FLOW_TABLE: &str = "bpfmasq_bench_flowtable";
-/// knftables.CommentLengthMax.
-const NFT_COMMENT_MAX: usize = 128;
 /// Deadline for one netfilter command (a 10000-chain restore takes ~1.5 s).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -51,160 +41,39 @@ pub fn trial_addr() -> Ipv4Addr {
 
 /// A 64-hex-digit container id, deterministic per index (like CRI-O's).
 pub fn container_id(index: u32) -> String {
-    hex(&Sha512::digest(format!("bpfmasq-bench-container-{index}")))[..64].to_owned()
+    cni::id_from(&format!("bpfmasq-bench-container-{index}"))
 }
 
-/// The id of the container the control-plane trials add.
-pub fn trial_container_id() -> String {
-    hex(&Sha512::digest("bpfmasq-bench-trial-container"))[..64].to_owned()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-/// utils.FormatChainName: `CNI-` + the first 24 hex digits of
-/// sha512(network name + container id), 28 characters in all.
-pub fn chain_name(net: &str, container_id: &str) -> String {
-    format!(
-        "CNI-{}",
-        &hex(&Sha512::digest(format!("{net}{container_id}")))[..24]
-    )
-}
-
-/// utils.FormatComment: `name: "<net>" id: "<container id>"`.
-pub fn iptables_comment(net: &str, container_id: &str) -> String {
-    format!("name: \"{net}\" id: \"{container_id}\"")
-}
-
-/// utils.MustFormatHashWithPrefix(16, "", s).
-fn hash16(s: &str) -> String {
-    hex(&Sha512::digest(s))[..16].to_owned()
-}
-
-/// The nftables plugin's rule comment: a hash of network, interface and
-/// container id, then a readable description, cut at 128 characters.
-pub fn nft_comment(net: &str, ifname: &str, container_id: &str) -> String {
-    let mut comment = format!(
-        "{}-{}, net: {net}, if: {ifname}, id: {container_id}",
-        hash16(net),
-        hash16(&format!("{ifname}:{container_id}"))
-    );
-    comment.truncate(NFT_COMMENT_MAX);
-    comment
+/// The container the control-plane trials add.
+fn trial_container() -> Container {
+    Container::new(trial_addr(), &cni::id_from("bpfmasq-bench-trial-container"))
 }
 
 /// The registered containers at scale `n`: indices 2..=n first, then the
 /// measured container 1 (c1) last, so its chain/rule is the last one a new
 /// connection reaches.
-fn registration_order(n: u32) -> impl Iterator<Item = u32> {
-    (2..=n).chain(std::iter::once(1))
+fn registered(n: u32) -> Vec<Container> {
+    (2..=n)
+        .chain(std::iter::once(1))
+        .map(|index| Container::new(pod_addr(index), &container_id(index)))
+        .collect()
 }
 
-/// The three iptables rules the bridge plugin writes for one container, as
-/// iptables arguments (without `-t nat`): chain rules then the POSTROUTING jump.
-fn iptables_container_rules(addr: Ipv4Addr, container_id: &str) -> (String, [Vec<String>; 3]) {
-    let chain = chain_name(NET_NAME, container_id);
-    let comment = iptables_comment(NET_NAME, container_id);
-    let args = |parts: &[&str]| -> Vec<String> { parts.iter().map(|s| (*s).to_owned()).collect() };
-    let pod = POD_SUBNET.to_string();
-    let source = format!("{addr}/32");
-    let rules = [
-        args(&[
-            "-A",
-            &chain,
-            "-d",
-            &pod,
-            "-m",
-            "comment",
-            "--comment",
-            &comment,
-            "-j",
-            "ACCEPT",
-        ]),
-        args(&[
-            "-A",
-            &chain,
-            "!",
-            "-d",
-            "224.0.0.0/4",
-            "-m",
-            "comment",
-            "--comment",
-            &comment,
-            "-j",
-            "MASQUERADE",
-        ]),
-        args(&[
-            "-A",
-            "POSTROUTING",
-            "-s",
-            &source,
-            "-m",
-            "comment",
-            "--comment",
-            &comment,
-            "-j",
-            &chain,
-        ]),
-    ];
-    (chain, rules)
-}
-
-/// `iptables-restore` input for the nat table with `n` containers' chains.
+/// `iptables-restore` input for the nat table (flushed) with `n` containers' chains.
 pub fn iptables_restore_input(n: u32) -> String {
-    let mut chains = String::new();
-    let mut jumps = String::new();
-    let mut rules = String::new();
-    for index in registration_order(n) {
-        let id = container_id(index);
-        let (chain, [accept, masquerade, jump]) = iptables_container_rules(pod_addr(index), &id);
-        let _ = writeln!(chains, ":{chain} - [0:0]");
-        let _ = writeln!(rules, "{}", restore_line(&accept));
-        let _ = writeln!(rules, "{}", restore_line(&masquerade));
-        let _ = writeln!(jumps, "{}", restore_line(&jump));
-    }
+    let chains = cni::iptables_restore_input(POD_SUBNET, &registered(n));
     format!(
         "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
-         :POSTROUTING ACCEPT [0:0]\n{chains}{rules}{jumps}COMMIT\n"
+         :POSTROUTING ACCEPT [0:0]\n{}",
+        chains.trim_start_matches("*nat\n")
     )
-}
-
-/// One rule as an iptables-restore line: the comment is double-quoted with
-/// its inner quotes escaped, as iptables-save prints it.
-fn restore_line(args: &[String]) -> String {
-    args.iter()
-        .map(|a| {
-            if a.contains(' ') || a.contains('"') {
-                format!("\"{}\"", a.replace('"', "\\\""))
-            } else {
-                a.clone()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// `nft -f` input: the plugin's table with one masquerade rule per container
 /// (the measured one last); with `flowtable`, plus a flowtable offloading
 /// forwarded TCP/UDP flows between the bridge and the uplink.
 pub fn nft_input(n: u32, flowtable: bool) -> String {
-    let mut rules = String::new();
-    for index in registration_order(n) {
-        let _ = writeln!(
-            rules,
-            "    {}",
-            nft_rule(pod_addr(index), &container_id(index))
-        );
-    }
-    let mut text = format!(
-        "table inet {NFT_TABLE} {{\n  chain {NFT_CHAIN} {{\n{rules}  }}\n  \
-         chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    \
-         ip daddr 224.0.0.0/4 return\n    ip6 daddr ff00::/8 return\n    goto {NFT_CHAIN}\n  }}\n}}\n"
-    );
+    let mut text = cni::nft_input(POD_SUBNET, &registered(n));
     if flowtable {
         text.push_str(&flowtable_table(&[BRIDGE, UPLINK]));
     }
@@ -218,14 +87,6 @@ fn flowtable_table(devices: &[&str]) -> String {
          type filter hook forward priority filter; policy accept;\n    \
          ip protocol {{ tcp, udp }} flow add @ft\n  }}\n}}\n",
         devices.join(", ")
-    )
-}
-
-/// One container's rule in the plugin's chain (nft syntax, no `add rule` prefix).
-fn nft_rule(addr: Ipv4Addr, container_id: &str) -> String {
-    format!(
-        "ip saddr {addr} ip daddr != {POD_SUBNET} masquerade comment \"{}\"",
-        nft_comment(NET_NAME, IFNAME, container_id)
     )
 }
 
@@ -397,8 +258,8 @@ pub struct Trial {
 /// `-N` the chain, `-A` its two rules, `-A` the POSTROUTING jump (one
 /// iptables invocation each); then `-D` the jump, `-F` and `-X` the chain.
 pub fn iptables_trial(ns: &NetNs) -> Result<Trial> {
-    let id = trial_container_id();
-    let (chain, [accept, masquerade, jump]) = iptables_container_rules(trial_addr(), &id);
+    let (chain, [accept, masquerade, jump]) =
+        cni::iptables_container_rules(POD_SUBNET, &trial_container());
     let new_chain = vec!["-N".to_owned(), chain.clone()];
     let started = Instant::now();
     for args in [&new_chain, &accept, &masquerade, &jump] {
@@ -433,8 +294,8 @@ fn iptables(ns: &NetNs, args: &[String]) -> Result<()> {
 /// listing the chain and matching its comment: `nft -a list chain`, then
 /// `nft delete rule ... handle H`.
 pub fn nft_trial(ns: &NetNs) -> Result<Trial> {
-    let id = trial_container_id();
-    let rule = nft_rule(trial_addr(), &id);
+    let trial = trial_container();
+    let rule = cni::nft_rule(POD_SUBNET, &trial);
     let started = Instant::now();
     // nft joins its arguments with spaces and parses the result: the rule,
     // quoted comment included, can be one argument.
@@ -455,7 +316,7 @@ pub fn nft_trial(ns: &NetNs) -> Result<Trial> {
         &["-a", "list", "chain", "inet", NFT_TABLE, NFT_CHAIN],
     )
     .run_ok(COMMAND_TIMEOUT)?;
-    let comment = nft_comment(NET_NAME, IFNAME, &id);
+    let comment = nft_comment(NET_NAME, IFNAME, &trial.id);
     let prefix = &comment[..33.min(comment.len())];
     let Some(handle) = rule_handle(&listing.stdout, prefix) else {
         bail!("the rule just added is not in `nft -a list chain` output");
@@ -531,17 +392,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chain_names_match_the_cni_plugins() {
-        // Test vectors from containernetworking/plugins pkg/utils/utils_test.go.
-        assert_eq!(chain_name("test", "1234"), "CNI-2bbe0c48b91a7d1b8a6753a8");
-        assert_eq!(
-            chain_name("testalongnamethatdoesnotmakesense", "1234"),
-            "CNI-374f33fe84ab0ed84dcdebe3"
-        );
-        assert_eq!(chain_name(NET_NAME, &container_id(1)).len(), 28);
-    }
-
-    #[test]
     fn addresses_start_at_the_first_container() {
         assert_eq!(pod_addr(1), Ipv4Addr::new(10, 85, 0, 2));
         assert_eq!(pod_addr(254), Ipv4Addr::new(10, 85, 0, 255));
@@ -551,55 +401,27 @@ mod tests {
     }
 
     #[test]
-    fn iptables_rules_are_the_plugins_with_the_measured_chain_last() {
+    fn the_measured_container_comes_last() {
         let text = iptables_restore_input(3);
-        let c1 = chain_name(NET_NAME, &container_id(1));
-        let comment = r#""name: \"crio\" id: \""#;
-        assert!(text.starts_with("*nat\n") && text.ends_with("COMMIT\n"));
+        let c1 = cni::chain_name(NET_NAME, &container_id(1));
+        assert!(text.starts_with("*nat\n:PREROUTING ACCEPT") && text.ends_with("COMMIT\n"));
+        assert_eq!(text.matches("*nat").count(), 1);
         let jumps: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("-A POSTROUTING"))
             .collect();
         assert_eq!(jumps.len(), 3);
-        assert!(jumps[0].starts_with("-A POSTROUTING -s 10.85.0.3/32 -m comment --comment "));
         assert!(jumps[2].starts_with("-A POSTROUTING -s 10.85.0.2/32"));
         assert!(jumps[2].ends_with(&format!("-j {c1}")));
-        assert!(jumps[2].contains(comment));
-        assert!(text.contains(&format!("-A {c1} -d 10.85.0.0/16 -m comment --comment ")));
-        assert!(text.contains(&format!("-A {c1} ! -d 224.0.0.0/4 -m comment --comment ")));
-        assert!(
-            text.lines()
-                .any(|l| l.starts_with(&format!("-A {c1} !")) && l.ends_with("-j MASQUERADE"))
-        );
-        assert_eq!(text.matches(":CNI-").count(), 3);
-    }
-
-    #[test]
-    fn nft_rules_are_the_plugins_with_the_measured_rule_last() {
         let text = nft_input(2, false);
         let rules: Vec<&str> = text
             .lines()
             .map(str::trim)
             .filter(|l| l.starts_with("ip saddr"))
             .collect();
-        assert_eq!(rules.len(), 2);
-        assert!(
-            rules[0]
-                .starts_with("ip saddr 10.85.0.3 ip daddr != 10.85.0.0/16 masquerade comment \"")
-        );
         assert!(rules[1].starts_with("ip saddr 10.85.0.2 "));
-        assert!(text.contains("type nat hook postrouting priority srcnat;"));
-        assert!(text.contains("goto masq_checks"));
         assert!(!text.contains("flowtable"));
         assert!(nft_input(1, true).contains("devices = { cni0, eth0 }"));
-    }
-
-    #[test]
-    fn nft_comments_are_cut_like_knftables() {
-        let comment = nft_comment(NET_NAME, IFNAME, &container_id(1));
-        assert!(comment.len() <= NFT_COMMENT_MAX);
-        assert!(comment.contains(", net: crio, if: eth0, id: "));
-        assert_eq!(comment.as_bytes()[16], b'-');
     }
 
     #[test]

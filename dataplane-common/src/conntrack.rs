@@ -12,6 +12,11 @@ pub const SEEN_SYN: u8 = 1 << 0;
 pub const SEEN_ACK: u8 = 1 << 1;
 pub const SEEN_FIN: u8 = 1 << 2;
 pub const SEEN_RST: u8 = 1 << 3;
+/// Not a TCP flag: set on both entries of a flow `attach --takeover`
+/// imported from nf_conntrack, so `conntrack list` can say so. The datapath
+/// only ORs flags in (and clears them all when a closed tuple is reused by
+/// a new connection, which is then no longer the imported one).
+pub const IMPORTED: u8 = 1 << 7;
 
 /// TCP header flag bits (byte 13 of the header).
 pub const TCP_FIN: u8 = 0x01;

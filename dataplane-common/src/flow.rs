@@ -123,6 +123,36 @@ impl FlowEntry {
     }
 }
 
+/// Both entries of a masqueraded flow: `original` (the pod's packet as it
+/// leaves) translated to `nat_addr:nat_port`, each half with its `state`
+/// bits, created at `now_ns`. Returned reply half first, the order they
+/// must be inserted in (the reply half is the port claim, as in the
+/// datapath). The one place user space builds flows (takeover's import,
+/// the benchmark's synthetic flows, tests), so a change to [`FlowEntry`]
+/// reaches them all.
+pub const fn nat_flow_pair(
+    original: FlowKey,
+    nat_addr: u32,
+    nat_port: u16,
+    original_state: u8,
+    reply_state: u8,
+    now_ns: u64,
+) -> [(FlowKey, FlowEntry); 2] {
+    let mut out = FlowEntry::new(Direction::Original, nat_addr, nat_port, now_ns);
+    out.state = original_state;
+    let mut back = FlowEntry::new(
+        Direction::Reply,
+        original.src_addr,
+        original.src_port,
+        now_ns,
+    );
+    back.state = reply_state;
+    [
+        (original.reply_after_snat(nat_addr, nat_port), back),
+        (original, out),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +169,29 @@ mod tests {
             FlowKey::new(server, nat, 80u16.to_be(), 41000u16.to_be(), IPPROTO_TCP)
         );
         assert_eq!(reply.original_before_snat(pod, 40000u16.to_be()), original);
+    }
+
+    #[test]
+    fn a_nat_flow_pair_translates_both_ways() {
+        let pod = u32::from_ne_bytes([10, 85, 0, 3]);
+        let server = u32::from_ne_bytes([192, 168, 61, 12]);
+        let nat = u32::from_ne_bytes([192, 168, 61, 11]);
+        let key = FlowKey::new(pod, server, 40000u16.to_be(), 80u16.to_be(), IPPROTO_TCP);
+        let [(reply_key, reply), (original_key, original)] =
+            nat_flow_pair(key, nat, 41000u16.to_be(), 3, 5, 7);
+        assert_eq!(original_key, key);
+        assert_eq!(reply_key, key.reply_after_snat(nat, 41000u16.to_be()));
+        assert!(!original.is_reply() && reply.is_reply());
+        assert_eq!(
+            (original.rewrite_addr, original.rewrite_port),
+            (nat, 41000u16.to_be())
+        );
+        assert_eq!(
+            (reply.rewrite_addr, reply.rewrite_port),
+            (pod, 40000u16.to_be())
+        );
+        assert_eq!((original.state, reply.state), (3, 5));
+        assert_eq!((original.created_ns, reply.last_seen_ns), (7, 7));
     }
 
     #[test]

@@ -10,6 +10,8 @@ pub mod daemon;
 pub mod datapath;
 pub mod inspect;
 pub mod lab;
+pub mod netfilter;
 pub mod netlink;
 pub mod netns;
 pub mod privileges;
+pub mod takeover;

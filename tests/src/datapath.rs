@@ -94,6 +94,21 @@ impl<'lab> Datapath<'lab> {
         guard
     }
 
+    /// The guard for a datapath attached some other way (e.g. `attach
+    /// --takeover`, whose output the caller reads): detached when dropped.
+    pub fn adopt(lab: &'lab Lab) -> Self {
+        Self {
+            lab,
+            attached: true,
+        }
+    }
+
+    /// Drops the guard without detaching: the datapath was detached some
+    /// other way (e.g. `detach --handback`).
+    pub fn forget(mut self) {
+        self.attached = false;
+    }
+
     /// The datapath counter `name` now (`bpfmasq stats`); panics if there is
     /// no such counter.
     pub fn counter(&self, name: &str) -> u64 {

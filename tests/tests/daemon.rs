@@ -33,7 +33,7 @@ use bpfmasq_e2e::{
     topology::{HOST, HOST_UPLINK_ADDR, OUT, OUTSIDE_ADDR, UPLINK, container, container_addr},
     udp::{self, UdpEchoServer},
 };
-use dataplane_common::flow::{Direction, FlowEntry, FlowKey, IPPROTO_UDP};
+use dataplane_common::flow::{FlowEntry, FlowKey, IPPROTO_UDP, nat_flow_pair};
 use serde_json::Value;
 
 const TCP_PORT: u16 = 5201;
@@ -401,14 +401,10 @@ fn synthetic_flow(i: u32, nat: u32, last_seen_ns: u64, replied: bool) -> [(FlowK
         u32::from_ne_bytes((Ipv4Addr::new(198, 18, 0, 0).to_bits() + (i >> 15)).to_be_bytes());
     let nat_port = (1024 + (i & 0x7fff) as u16).to_be();
     let key = FlowKey::new(pod, peer, pod_port, 53u16.to_be(), IPPROTO_UDP);
-    let mut original = FlowEntry::new(Direction::Original, nat, nat_port, last_seen_ns);
-    let mut reply = FlowEntry::new(Direction::Reply, pod, pod_port, last_seen_ns);
-    original.packets = 1;
-    reply.packets = u64::from(replied);
-    [
-        (key, original),
-        (key.reply_after_snat(nat, nat_port), reply),
-    ]
+    let [mut reply, mut original] = nat_flow_pair(key, nat, nat_port, 0, 0, last_seen_ns);
+    original.1.packets = 1;
+    reply.1.packets = u64::from(replied);
+    [original, reply]
 }
 
 /// Not a benchmark with a threshold: it measures one sweep over a million

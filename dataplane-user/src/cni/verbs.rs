@@ -82,6 +82,7 @@ pub async fn add(conf: &NetConf, who: &Attachment) -> Result<serde_json::Value, 
         timeouts: Vec::new(),
         link_type: LinkType::Auto,
         fast_path: options.fast_path,
+        takeover: false,
     };
     let instance = ensure_attached(&netlink, &options).await?;
 

@@ -66,7 +66,19 @@ pub async fn run(netns: Option<&str>, args: &RunOptions) -> Result<()> {
     let follow = args.attach.nat_address.is_none();
     let mut watch = follow.then(AddressWatch::subscribe).transpose()?;
 
-    let started = start(&netlink, &instance, &resolved, args.attach.link_type).await?;
+    let started = if args.attach.takeover && !instance.dir().exists() {
+        let (mut ebpf, config, report) =
+            crate::takeover::attach_fresh(&netlink, &instance, &resolved, args.attach.link_type)
+                .await?;
+        println!("bpfmasq run: {}", report.describe());
+        Started {
+            how: How::Attached,
+            program_ids: loader::program_ids(&mut ebpf)?,
+            config,
+        }
+    } else {
+        start(&netlink, &instance, &resolved, args.attach.link_type).await?
+    };
     let fast_path = datapath::fast_path_state(args.attach.fast_path, &resolved);
     println!("{}", started.describe(&instance, args, follow, &fast_path));
     let mut daemon = Daemon {

@@ -8,7 +8,7 @@ use super::batch;
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, IterableMap as _, MapData};
 use dataplane_common::{
-    conntrack::{Answers, FlowState, Timeouts, flow_state},
+    conntrack::{Answers, FlowState, IMPORTED, Timeouts, flow_state},
     flow::{Direction, FlowEntry, FlowKey},
 };
 
@@ -35,6 +35,11 @@ impl FlowView {
             Answers::Replied
         };
         flow_state(self.key.proto, self.original.state, reply.state, answers)
+    }
+
+    /// Imported from nf_conntrack by a takeover (and not restarted since).
+    pub fn imported(&self) -> bool {
+        self.original.state & IMPORTED != 0
     }
 
     /// Last packet in either direction (bpf_ktime_get_ns clock).

@@ -45,19 +45,14 @@ impl Drop for PinsGuard<'_> {
 }
 
 pub async fn attach(netns: Option<&str>, args: &AttachOptions) -> Result<()> {
+    if args.takeover {
+        return crate::takeover::attach(netns, args).await;
+    }
     require_root("bpfmasq attach")?;
     let netlink = Netlink::connect()?;
     let resolved = Resolved::resolve(&netlink, args).await?;
     let instance = Instance::new(&netns_label(netns)?, &resolved.uplink);
-    if instance.dir().exists() {
-        bail!(
-            "a datapath is already attached to `{}` in network namespace `{}`; run `bpfmasq{} detach --uplink {}` first",
-            instance.uplink,
-            instance.netns,
-            netns.map(|n| format!(" --netns {n}")).unwrap_or_default(),
-            instance.uplink
-        );
-    }
+    refuse_if_attached(&instance, netns)?;
     let (_, config) = attach_fresh(&netlink, &instance, &resolved, args.link_type).await?;
     println!(
         "attached to {} and {} ({:?}): masquerading {} to {} (ports {}), fast path {}, pinned in {}",
@@ -74,6 +69,20 @@ pub async fn attach(netns: Option<&str>, args: &AttachOptions) -> Result<()> {
         "note: nothing maintains this datapath until `bpfmasq run` adopts it: flows never \
          expire (a full table refuses new ones) and a new uplink address is not followed"
     );
+    Ok(())
+}
+
+/// Fails if `instance` already has a datapath (`attach` never replaces one).
+pub fn refuse_if_attached(instance: &Instance, netns: Option<&str>) -> Result<()> {
+    if instance.dir().exists() {
+        bail!(
+            "a datapath is already attached to `{}` in network namespace `{}`; run `bpfmasq{} detach --uplink {}` first",
+            instance.uplink,
+            instance.netns,
+            netns.map(|n| format!(" --netns {n}")).unwrap_or_default(),
+            instance.uplink
+        );
+    }
     Ok(())
 }
 
@@ -145,13 +154,22 @@ pub fn load_adopting(
     Ok((ebpf, config))
 }
 
-pub async fn detach(netns: Option<&str>, uplink: Option<&str>) -> Result<()> {
+pub async fn detach(netns: Option<&str>, uplink: Option<&str>, handback: bool) -> Result<()> {
+    if handback {
+        return crate::takeover::detach(netns, uplink).await;
+    }
     require_root("bpfmasq detach")?;
     let instance = Instance::find(&netns_label(netns)?, uplink)?;
     let netlink = Netlink::connect()?;
     detach_instance(&netlink, &instance).await?;
+    let note = if crate::takeover::record_path(&instance).exists() {
+        crate::takeover::forget(&instance);
+        " (the masquerade rules `attach --takeover` removed were not restored: that is `detach --handback`)"
+    } else {
+        ""
+    };
     println!(
-        "detached from {} in network namespace `{}`",
+        "detached from {} in network namespace `{}`{note}",
         instance.uplink, instance.netns
     );
     Ok(())

@@ -36,6 +36,8 @@ pub struct AttachOptions {
     pub link_type: LinkType,
     /// Asked for the fast path (the kernel may not have what it needs).
     pub fast_path: bool,
+    /// Take the pod network's connections and masquerade over from netfilter.
+    pub takeover: bool,
 }
 
 /// How to attach the TC programs.

@@ -102,6 +102,8 @@ pub struct Flow {
     pub age_seconds: u64,
     pub idle_seconds: u64,
     pub expires_in_seconds: u64,
+    /// Imported from nf_conntrack by `attach --takeover`.
+    pub imported: bool,
 }
 
 fn proto_name(proto: u8) -> &'static str {
@@ -148,6 +150,7 @@ fn flow(view: &FlowView, timeouts: &Timeouts, now: u64) -> Flow {
         age_seconds: now.saturating_sub(out.created_ns) / NS_PER_SEC,
         idle_seconds: now.saturating_sub(view.last_seen_ns()) / NS_PER_SEC,
         expires_in_seconds: view.remaining_ns(timeouts, now) / NS_PER_SEC,
+        imported: view.imported(),
     }
 }
 
@@ -211,8 +214,11 @@ pub fn conntrack_list(netns: Option<&str>, query: &Query, filter: &FlowFilter) -
         let out = format!("{}/{}", f.original_dir.packets, f.original_dir.bytes);
         let back = format!("{}/{}", f.reply_dir.packets, f.reply_dir.bytes);
         println!(
-            "{:<5} {original:<44} {translated:<22} {:<11} {out:>18} {back:>18} {:>7}s",
-            f.proto, f.state, f.expires_in_seconds
+            "{:<5} {original:<44} {translated:<22} {:<11} {out:>18} {back:>18} {:>7}s{}",
+            f.proto,
+            f.state,
+            f.expires_in_seconds,
+            if f.imported { " [IMPORTED]" } else { "" }
         );
     }
     println!("{} flow(s)", flows.len());

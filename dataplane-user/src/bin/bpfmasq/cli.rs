@@ -191,6 +191,12 @@ pub struct AttachArgs {
     /// normal path. `run` switches it on an adopted datapath too.
     #[arg(long, value_enum, default_value = "on", value_name = "on|off")]
     pub fast_path: Switch,
+    /// Take over from the CNI plugin's masquerade without dropping a connection: import
+    /// nf_conntrack's source-NAT connections of the pod network (same NAT ports), attach, then
+    /// remove the plugin's iptables CNI-* chains / nftables table `inet cni_plugins_masquerade`
+    /// (saved for `detach --handback`).
+    #[arg(long)]
+    pub takeover: bool,
 }
 
 #[derive(Debug, Args)]
@@ -198,6 +204,11 @@ pub struct DetachArgs {
     /// The uplink given to `attach` (default: the only datapath attached in this namespace).
     #[arg(long, value_name = "IFACE")]
     pub uplink: Option<String>,
+    /// Hand the live connections back to netfilter first: create an nf_conntrack entry with
+    /// each flow's NAT binding, restore the masquerade rules `attach --takeover` removed (or
+    /// the CNI plugin's iptables shape for the pod network), then detach.
+    #[arg(long)]
+    pub handback: bool,
 }
 
 #[derive(Debug, Args)]
@@ -297,6 +308,7 @@ impl From<AttachArgs> for AttachOptions {
             timeouts: args.timeouts,
             link_type: args.link_type.into(),
             fast_path: args.fast_path == Switch::On,
+            takeover: args.takeover,
         }
     }
 }

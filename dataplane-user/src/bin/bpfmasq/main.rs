@@ -96,7 +96,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Lab(LabCommand::Exec(_)) => unreachable!("handled before the runtime starts"),
         Command::Attach(args) => datapath::attach(cli.netns.as_deref(), &args.into()).await,
         Command::Detach(args) => {
-            datapath::detach(cli.netns.as_deref(), args.uplink.as_deref()).await
+            datapath::detach(cli.netns.as_deref(), args.uplink.as_deref(), args.handback).await
         }
         Command::Conntrack(verb) => {
             let netns = cli.netns.as_deref();
