@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod inspect;
 pub mod lab;
+pub mod metrics;
 pub mod netlink;
 pub mod netns;
 pub mod privileges;

@@ -34,6 +34,8 @@
 //! - [`daemon_support`]: `bpfmasq run` as a guarded child process, polling with a deadline,
 //!   the SIGKILL-mid-transfer restart scenario;
 //! - [`netfilter`]: looking for NAT rules in a namespace;
+//! - [`http`]: a plain HTTP GET from inside a lab node;
+//! - [`prometheus`]: a real Prometheus server in a lab node, scraping a target, queried by its API;
 //! - [`kernel`]: the running kernel's release and the attach mode it gets;
 //! - [`attachments`]: what a datapath has in a lab's host (pins, tcx programs, tc filters, qdiscs).
 
@@ -44,6 +46,7 @@ pub mod datapath;
 pub mod echo;
 pub mod fragments;
 pub mod frame;
+pub mod http;
 pub mod icmp;
 pub mod inject;
 pub mod kernel;
@@ -53,6 +56,7 @@ pub mod netns;
 pub mod pattern;
 pub mod process;
 pub mod product;
+pub mod prometheus;
 pub mod refusal;
 pub mod snmp;
 pub mod tcp;

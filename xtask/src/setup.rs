@@ -42,6 +42,8 @@ const PACKAGES: &[&str] = &[
     "wrk",
     "nginx-light",
     "sockperf",
+    // tests/tests/metrics.rs: a real Prometheus scrapes `bpfmasq run`, promtool lints it.
+    "prometheus",
 ];
 
 /// Debian packages the kernel matrix boots its guests with: QEMU, depmod

@@ -9,6 +9,7 @@ pub mod gc;
 pub mod instance;
 pub mod kernel;
 pub mod loader;
+pub mod map_fill;
 pub mod options;
 pub mod pinned;
 pub mod sys;

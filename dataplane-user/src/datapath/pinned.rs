@@ -1,15 +1,25 @@
 //! Opening an instance's pinned maps from any process: the inspection verbs
-//! and `detach` read the datapath's state without loading anything.
+//! and `detach` read the datapath's state without loading anything; and
+//! which program each pinned hook runs.
 
 use anyhow::{Context as _, Result, anyhow};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::{
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    programs::{
+        ProgramInfo,
+        links::{FdLink, PinnedLink},
+    },
+};
 use dataplane_common::{
-    config::NatConfig,
+    config::{AttachMode, NatConfig},
     flow::{FlowEntry, FlowKey},
     maps,
 };
 
-use super::instance::Instance;
+use super::instance::{
+    Instance, PIN_BRIDGE_INGRESS, PIN_EGRESS, PIN_INGRESS, PIN_PROG_BRIDGE_INGRESS,
+    PIN_PROG_EGRESS, PIN_PROG_INGRESS,
+};
 
 fn open(instance: &Instance, name: &str) -> Result<Map> {
     let path = instance.pin(name);
@@ -39,4 +49,39 @@ pub fn conntrack(instance: &Instance) -> Result<HashMap<MapData, FlowKey, FlowEn
 
 pub fn counters(instance: &Instance) -> Result<PerCpuArray<MapData, u64>> {
     Ok(open(instance, maps::COUNTERS)?.try_into()?)
+}
+
+/// Each hook (`egress`, `ingress`, `bridge ingress`) and the id of the
+/// program it runs, when it can be read.
+pub fn hook_programs(instance: &Instance, mode: AttachMode) -> Vec<(&'static str, Option<u32>)> {
+    [
+        ("egress", (PIN_EGRESS, PIN_PROG_EGRESS)),
+        ("ingress", (PIN_INGRESS, PIN_PROG_INGRESS)),
+        (
+            "bridge ingress",
+            (PIN_BRIDGE_INGRESS, PIN_PROG_BRIDGE_INGRESS),
+        ),
+    ]
+    .into_iter()
+    .map(|(hook, pins)| (hook, program_id(instance, mode, pins)))
+    .collect()
+}
+
+/// The program a hook runs: read from its pinned tcx link, or (clsact) from
+/// the program pinned beside the filter.
+fn program_id(
+    instance: &Instance,
+    mode: AttachMode,
+    (link_pin, program_pin): (&str, &str),
+) -> Option<u32> {
+    match mode {
+        AttachMode::Tcx => {
+            let link: FdLink = PinnedLink::from_pin(instance.pin(link_pin)).ok()?.into();
+            link.info().ok().map(|info| info.program_id())
+        }
+        AttachMode::Clsact => ProgramInfo::from_pin(instance.pin(program_pin))
+            .ok()
+            .map(|info| info.id()),
+        AttachMode::None => None,
+    }
 }

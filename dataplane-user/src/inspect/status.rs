@@ -4,19 +4,12 @@
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
-use aya::programs::{
-    ProgramInfo,
-    links::{FdLink, PinnedLink},
-};
 use dataplane_common::config::AttachMode;
 use serde::Serialize;
 
 use super::Query;
 use crate::datapath::{
-    instance::{
-        Instance, PIN_BRIDGE_INGRESS, PIN_EGRESS, PIN_INGRESS, PIN_PROG_BRIDGE_INGRESS,
-        PIN_PROG_EGRESS, PIN_PROG_INGRESS, netns_label,
-    },
+    instance::{Instance, netns_label},
     kernel::Kernel,
     pinned,
 };
@@ -57,45 +50,16 @@ fn addr(raw: u32) -> Ipv4Addr {
     Ipv4Addr::from(raw.to_ne_bytes())
 }
 
-/// The program a hook runs: read from its pinned tcx link, or (clsact) from
-/// the program pinned beside the filter.
-fn program_id(
-    instance: &Instance,
-    mode: AttachMode,
-    (link_pin, program_pin): (&str, &str),
-) -> Option<u32> {
-    match mode {
-        AttachMode::Tcx => {
-            let link: FdLink = PinnedLink::from_pin(instance.pin(link_pin)).ok()?.into();
-            link.info().ok().map(|info| info.program_id())
-        }
-        AttachMode::Clsact => ProgramInfo::from_pin(instance.pin(program_pin))
-            .ok()
-            .map(|info| info.id()),
-        AttachMode::None => None,
-    }
-}
-
 pub fn status(netns: Option<&str>, query: &Query) -> Result<()> {
     let instance = Instance::find(&netns_label(netns)?, query.uplink.as_deref())?;
     let config = pinned::read_config(&instance)?;
     let table = pinned::conntrack(&instance)?;
     let snapshot = crate::datapath::flows::snapshot(&table)?;
     let mode = config.attach_mode();
-    let hooks = [
-        ("egress", (PIN_EGRESS, PIN_PROG_EGRESS)),
-        ("ingress", (PIN_INGRESS, PIN_PROG_INGRESS)),
-        (
-            "bridge ingress",
-            (PIN_BRIDGE_INGRESS, PIN_PROG_BRIDGE_INGRESS),
-        ),
-    ]
-    .into_iter()
-    .map(|(hook, pins)| Hook {
-        hook,
-        program_id: program_id(&instance, mode, pins),
-    })
-    .collect();
+    let hooks = pinned::hook_programs(&instance, mode)
+        .into_iter()
+        .map(|(hook, program_id)| Hook { hook, program_id })
+        .collect();
     let kernel = Kernel::probe();
     let prefix = u32::from_be(config.pod_mask).count_ones();
     let status = Status {

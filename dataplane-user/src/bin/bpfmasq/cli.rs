@@ -2,7 +2,10 @@
 //! binary, and turned once into the library's own option types
 //! (`From` impls at the end); the library knows nothing of clap.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    time::Duration,
+};
 
 use bpfmasq::{
     daemon::RunOptions,
@@ -201,6 +204,11 @@ pub struct RunArgs {
     /// Seconds between garbage-collection sweeps.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub gc_interval: u64,
+    /// Serve Prometheus metrics on http://ADDR:PORT/metrics (e.g. 127.0.0.1:9781): every datapath
+    /// counter, flows by protocol and state, table and map fill, NAT port usage of the busiest
+    /// destinations, garbage collection. Off by default; README shows a scrape config and alerts.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_address: Option<SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -294,6 +302,7 @@ impl From<RunArgs> for RunOptions {
             attach: args.attach.into(),
             detach_on_exit: args.detach_on_exit,
             gc_interval: Duration::from_secs(args.gc_interval),
+            metrics_address: args.metrics_address,
         }
     }
 }
