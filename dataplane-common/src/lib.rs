@@ -17,6 +17,7 @@ pub mod fragments;
 pub mod kernel;
 pub mod maps;
 pub mod ports;
+pub mod trace;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -31,4 +32,5 @@ mod pod {
     unsafe impl aya::Pod for crate::fragments::DatagramEntry {}
     unsafe impl aya::Pod for crate::fragments::ParkedKey {}
     unsafe impl aya::Pod for crate::fragments::ParkedFragment {}
+    unsafe impl aya::Pod for crate::trace::TraceEvent {}
 }

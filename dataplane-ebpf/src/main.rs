@@ -18,38 +18,42 @@ mod nat;
 mod offsets;
 mod packet;
 mod rewrite;
+mod trace;
 mod verdict;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use verdict::{Program, Verdict, finish};
+use verdict::{Program, Verdict};
 
 /// SNAT on the uplink's egress: pod source -> NAT address.
 #[classifier]
 pub fn uplink_egress(ctx: TcContext) -> i32 {
-    finish(Program::UplinkEgress, nat::snat(&ctx))
+    trace::run(Program::UplinkEgress, &ctx, nat::snat)
 }
 
 /// Reverse SNAT on the uplink's ingress: NAT address -> pod; a translated
 /// reply then takes the fast path to the bridge when it can.
 #[classifier]
 pub fn uplink_ingress(ctx: TcContext) -> i32 {
-    let outcome = match nat::unsnat(&ctx) {
-        Ok(Verdict::Translated(translated)) => {
-            // The translation counts; what the fast path does next is the
-            // packet's verdict (`Ignored` with the fast path off).
-            counters::count(translated);
-            fast_path::deliver_in(&ctx)
-        }
+    trace::run(Program::UplinkIngress, &ctx, |ctx| match nat::unsnat(ctx) {
+        Ok(Verdict::Translated(translated)) => match fast_path::deliver_in(ctx) {
+            // The fast path is off: the translation is the packet's verdict.
+            Ok(Verdict::Ignored) => Ok(Verdict::Translated(translated)),
+            // The translation counts; what the fast path did next is the
+            // packet's verdict.
+            next => {
+                counters::count(translated);
+                next
+            }
+        },
         other => other,
-    };
-    finish(Program::UplinkIngress, outcome)
+    })
 }
 
 /// The fast path out, on the bridge's ingress: a pod's packet to the
 /// outside goes straight to the uplink (whose egress program masquerades it).
 #[classifier]
 pub fn bridge_ingress(ctx: TcContext) -> i32 {
-    finish(Program::BridgeIngress, fast_path::forward_out(&ctx))
+    trace::run(Program::BridgeIngress, &ctx, fast_path::forward_out)
 }
 
 #[cfg(not(test))]

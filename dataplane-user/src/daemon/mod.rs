@@ -44,7 +44,7 @@ use crate::{
         pinned,
         tc::{self, AttachRecord, Interfaces},
     },
-    inspect::Query,
+    inspect::{Query, trace},
     metrics::{self, Exposition, GcMetrics},
     netlink::Netlink,
     privileges::require_root,
@@ -112,6 +112,11 @@ pub async fn run(netns: Option<&str>, args: &RunOptions) -> Result<()> {
             name = signals.recv() => break name,
             _ = gc_timer.tick() => {
                 daemon.sweep()?;
+                // A trace that was killed leaves its bit set, and the
+                // datapath would keep reporting to nobody: clear it.
+                if let Err(e) = trace::reconcile(&daemon.instance) {
+                    eprintln!("bpfmasq run: warning: checking which traces run: {e:#}");
+                }
                 if let Some(warning) = pressure.check(&daemon.instance) {
                     eprintln!("bpfmasq run: warning: {warning}");
                 }

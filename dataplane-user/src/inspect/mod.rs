@@ -5,6 +5,7 @@ mod conntrack;
 mod probe;
 mod stats;
 mod status;
+pub mod trace;
 
 pub use conntrack::{
     Flow, FlowFilter, Proto, conntrack_count, conntrack_flush, conntrack_list, flows,
@@ -12,6 +13,7 @@ pub use conntrack::{
 pub use probe::probe;
 pub use stats::{counter_totals, stats};
 pub use status::status;
+pub use trace::{TraceFilter, TraceOptions, trace};
 
 /// Which datapath an inspection reads, and how it prints.
 #[derive(Clone, Debug, Default)]

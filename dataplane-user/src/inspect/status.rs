@@ -43,6 +43,8 @@ struct Status {
     flows: usize,
     table_entries: usize,
     table_capacity: u32,
+    /// `bpfmasq trace`s the datapath reports to.
+    traces: u32,
     pin_dir: String,
 }
 
@@ -94,6 +96,7 @@ pub fn status(netns: Option<&str>, query: &Query) -> Result<()> {
         flows: snapshot.flows.len(),
         table_entries: snapshot.entries,
         table_capacity: config.ct_max.saturating_mul(2),
+        traces: super::trace::listening(&instance)?,
         pin_dir: instance.dir().display().to_string(),
     };
     if query.json {
@@ -132,5 +135,6 @@ pub fn status(netns: Option<&str>, query: &Query) -> Result<()> {
         .map(|(n, v)| format!("{n}={v}"))
         .collect();
     println!("timeouts     {}", timeouts.join(" "));
+    println!("traces       {} running", status.traces);
     Ok(())
 }
