@@ -90,7 +90,7 @@ mod tests {
                 assert_ne!(name, ring_name(other));
             }
         }
-        assert!(RING_BYTES.is_power_of_two() && RING_BYTES % 4096 == 0);
+        assert!(RING_BYTES.is_power_of_two() && RING_BYTES.is_multiple_of(4096));
     }
 
     #[test]

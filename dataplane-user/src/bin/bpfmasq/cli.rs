@@ -66,7 +66,8 @@ pub enum Command {
     Gc(InstanceArgs),
     /// Follow packets through the datapath as it decides on them: one line per packet with its
     /// program, tuple before and after, verdict and the counter that says why.
-    #[command(long_about = "Follow packets through the datapath as it decides on them, like \
+    #[command(
+        long_about = "Follow packets through the datapath as it decides on them, like \
         tcpdump for bpfmasq: one line per matching packet with the time, the program \
         (uplink_egress, uplink_ingress, bridge_ingress), the packet's tuple when the program \
         got it and, when it changed it, as it left (`=>`), the verdict (translated, passed, \
@@ -75,7 +76,8 @@ pub enum Command {
         flow, whichever way the packet goes (a reply matches --src POD too). Up to 4 traces can \
         run at once; while none runs the datapath pays one check per packet. Events the trace \
         could not keep up with are counted and reported as lost.\n\n\
-        Example: bpfmasq --netns lab-host trace --src 10.85.0.2/32 --proto icmp --count 4")]
+        Example: bpfmasq --netns lab-host trace --src 10.85.0.2/32 --proto icmp --count 4"
+    )]
     Trace(TraceArgs),
     /// Show what this kernel offers bpfmasq: features, attach mode, fast path, and each program's
     /// verifier budget (the programs are loaded for real, nothing is attached).

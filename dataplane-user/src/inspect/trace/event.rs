@@ -10,7 +10,9 @@ use std::{
 use dataplane_common::{
     counters::{Counter, Family},
     flow::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    trace::{PROGRAM_UPLINK_INGRESS, PROGRAMS, TUPLE_ICMP, TUPLE_NONE, TUPLE_PORTS, TraceEvent, Tuple},
+    trace::{
+        PROGRAM_UPLINK_INGRESS, PROGRAMS, TUPLE_ICMP, TUPLE_NONE, TUPLE_PORTS, TraceEvent, Tuple,
+    },
 };
 use ipnet::Ipv4Net;
 use serde::Serialize;
@@ -99,7 +101,11 @@ impl Event {
         // (pod side, peer side) of each tuple.
         let sides = tuples.map(|t| {
             let (src, dst) = (addr(t.src_addr), addr(t.dst_addr));
-            if self.inbound() { (dst, src) } else { (src, dst) }
+            if self.inbound() {
+                (dst, src)
+            } else {
+                (src, dst)
+            }
         });
         let readable = |i: usize| tuples[i].kind != TUPLE_NONE;
         let src_ok = filter

@@ -18,11 +18,11 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
+use self::slots::Slot;
 pub use self::{
     event::{Clock, Event, TraceFilter},
     slots::{listening, reconcile},
 };
-use self::slots::Slot;
 use super::Query;
 use crate::{
     datapath::instance::{Instance, netns_label},

@@ -110,7 +110,8 @@ fn active_map(instance: &Instance) -> Result<Option<Array<MapData, u32>>> {
     }
     let data = MapData::from_pin(&path)
         .with_context(|| format!("opening pinned map {}", path.display()))?;
-    let map = Map::from_map_data(data).map_err(|e| anyhow!("pinned map {}: {e}", path.display()))?;
+    let map =
+        Map::from_map_data(data).map_err(|e| anyhow!("pinned map {}: {e}", path.display()))?;
     Ok(Some(map.try_into()?))
 }
 
@@ -220,7 +221,10 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Err(e) = self.release() {
-            eprintln!("bpfmasq trace: warning: releasing trace slot {}: {e:#}", self.index);
+            eprintln!(
+                "bpfmasq trace: warning: releasing trace slot {}: {e:#}",
+                self.index
+            );
         }
     }
 }
