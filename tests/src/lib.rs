@@ -36,6 +36,7 @@
 //! - [`netfilter`]: looking for NAT rules in a namespace;
 //! - [`http`]: a plain HTTP GET from inside a lab node;
 //! - [`prometheus`]: a real Prometheus server in a lab node, scraping a target, queried by its API;
+//! - [`tracer`]: `bpfmasq trace --json` as a guarded child process, its events collected;
 //! - [`kernel`]: the running kernel's release and the attach mode it gets;
 //! - [`attachments`]: what a datapath has in a lab's host (pins, tcx programs, tc filters, qdiscs).
 
@@ -61,6 +62,7 @@ pub mod refusal;
 pub mod snmp;
 pub mod tcp;
 pub mod topology;
+pub mod tracer;
 pub mod udp;
 pub mod udp_flows;
 pub mod udp_flows_process;
