@@ -2,13 +2,14 @@
 //! translated on the way out and back on the way in, with the NAT address,
 //! and nothing of the other container; a hostile packet shows its drop
 //! reason; `--count` ends the trace by itself; several traces run at once,
-//! and once they end (even killed) the datapath stops reporting.
+//! and once they end (even killed: the next trace, or `bpfmasq run`'s next
+//! sweep, notices) the datapath stops reporting.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, time::Duration};
 
 use bpfmasq_e2e::{
     Datapath, Lab,
-    daemon_support::host_json,
+    daemon_support::{Daemon, eventually, host_json},
     frame::Packet,
     icmp::ping,
     inject::{Injector, mac_of},
@@ -182,4 +183,20 @@ fn several_traces_run_at_once_and_the_datapath_stops_reporting_once_they_end() {
     assert_eq!(traces_listening(&lab), 1, "only the running trace listens");
     assert_clean_end(&next.interrupt());
     assert_eq!(traces_listening(&lab), 0);
+}
+
+#[test]
+fn bpfmasq_run_clears_a_killed_traces_slot_at_its_next_sweep() {
+    let lab = Lab::up("tracekill", 1);
+    let (_daemon, _) = Daemon::start(&lab, &["--gc-interval", "1"]);
+    let killed = Tracer::start(&lab, &["--proto", "icmp"]);
+    assert_eq!(traces_listening(&lab), 1);
+    killed.signal(libc::SIGKILL);
+    let _ = killed.finish();
+    eventually(
+        "the daemon notices the killed trace",
+        Duration::from_secs(30),
+        || (traces_listening(&lab) == 0).then_some(()),
+        || format!("status says {} traces listen", traces_listening(&lab)),
+    );
 }
