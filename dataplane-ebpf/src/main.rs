@@ -27,14 +27,19 @@ use verdict::{Program, Verdict};
 /// SNAT on the uplink's egress: pod source -> NAT address.
 #[classifier]
 pub fn uplink_egress(ctx: TcContext) -> i32 {
-    trace::run(Program::UplinkEgress, &ctx, nat::snat)
+    trace::run!(Program::UplinkEgress, &ctx, nat::snat(&ctx))
 }
 
 /// Reverse SNAT on the uplink's ingress: NAT address -> pod; a translated
 /// reply then takes the fast path to the bridge when it can.
 #[classifier]
 pub fn uplink_ingress(ctx: TcContext) -> i32 {
-    trace::run(Program::UplinkIngress, &ctx, |ctx| match nat::unsnat(ctx) {
+    trace::run!(Program::UplinkIngress, &ctx, unsnat_and_deliver(&ctx))
+}
+
+#[inline(always)]
+fn unsnat_and_deliver(ctx: &TcContext) -> verdict::Outcome {
+    match nat::unsnat(ctx) {
         Ok(Verdict::Translated(translated)) => match fast_path::deliver_in(ctx) {
             // The fast path is off: the translation is the packet's verdict.
             Ok(Verdict::Ignored) => Ok(Verdict::Translated(translated)),
@@ -46,14 +51,14 @@ pub fn uplink_ingress(ctx: TcContext) -> i32 {
             }
         },
         other => other,
-    })
+    }
 }
 
 /// The fast path out, on the bridge's ingress: a pod's packet to the
 /// outside goes straight to the uplink (whose egress program masquerades it).
 #[classifier]
 pub fn bridge_ingress(ctx: TcContext) -> i32 {
-    trace::run(Program::BridgeIngress, &ctx, fast_path::forward_out)
+    trace::run!(Program::BridgeIngress, &ctx, fast_path::forward_out(&ctx))
 }
 
 #[cfg(not(test))]

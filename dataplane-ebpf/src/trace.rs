@@ -2,7 +2,7 @@
 //! tuple before and after, the counter of its verdict) to the ring buffer of
 //! every trace listening. Without a trace, a program pays one read of
 //! `TRACE_ACTIVE` per packet and runs exactly as it would without this
-//! module: [`run`] takes the untraced branch before the packet is touched.
+//! module: [`run!`] takes the untraced branch before the packet is touched.
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
@@ -19,7 +19,7 @@ use network_types::eth::{EthHdr, EtherType};
 
 use crate::{
     offsets::{ICMP_ECHO_ID, ICMP_LEN, IPV4_MIN_LEN},
-    verdict::{Outcome, Program, finish, finish_then},
+    verdict::{Outcome, Program, finish_then},
 };
 
 /// Bit N set: a trace listens on `TRACE_EVENTS_<N>`.
@@ -45,25 +45,39 @@ static TRACE_EVENTS_3: RingBuf = RingBuf::pinned(RING_BYTES, 0);
 #[map]
 static TRACE_SCRATCH: PerCpuArray<TraceEvent> = PerCpuArray::with_max_entries(1, 0);
 
-/// Runs `stage` on the packet and finishes it (see [`finish`]); while a
-/// trace runs, also reports the packet's tuple as it came and as it leaves.
+/// Runs a program's stage (an expression, evaluated once) and finishes the
+/// packet. It expands the stage twice: when no trace listens, inline, the
+/// program exactly as it would be without tracing, after one read of
+/// `TRACE_ACTIVE`; else through [`traced`]. (A function taking the stage as
+/// a closure lets the compiler turn the twice-called stage into a
+/// subprogram, a call and a return on every packet.)
+macro_rules! run {
+    ($program:expr, $ctx:expr, $stage:expr) => {
+        if $crate::trace::listening() == 0 {
+            $crate::verdict::finish($program, $stage)
+        } else {
+            $crate::trace::traced($program, $ctx, || $stage)
+        }
+    };
+}
+pub(crate) use run;
+
+/// The packet while a trace listens: its tuple is read before `stage` and
+/// after it, and reported with the verdict's counter (see [`finish_then`]).
 #[inline(always)]
-pub fn run(program: Program, ctx: &TcContext, stage: impl FnOnce(&TcContext) -> Outcome) -> i32 {
-    if listening() == 0 {
-        return finish(program, stage(ctx));
-    }
+pub fn traced(program: Program, ctx: &TcContext, stage: impl FnOnce() -> Outcome) -> i32 {
     if let Some(event) = TRACE_SCRATCH.get_ptr_mut(0) {
         // SAFETY: this CPU's scratch value, only this program run uses it.
         unsafe { read_tuple(ctx, &mut (*event).before) };
     }
-    finish_then(program, stage(ctx), |counter, action| {
+    finish_then(program, stage(), |counter, action| {
         report(program, ctx, counter, action);
     })
 }
 
 /// Bit N set: a trace listens on ring buffer N.
 #[inline(always)]
-fn listening() -> u32 {
+pub fn listening() -> u32 {
     TRACE_ACTIVE.get(0).copied().unwrap_or(0)
 }
 
