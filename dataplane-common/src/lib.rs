@@ -19,6 +19,7 @@ pub mod maps;
 pub mod pods;
 pub mod ports;
 pub mod tcp_window;
+pub mod trace;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -35,4 +36,5 @@ mod pod {
     unsafe impl aya::Pod for crate::fragments::ParkedFragment {}
     unsafe impl aya::Pod for crate::fragments::SourceBudget {}
     unsafe impl aya::Pod for crate::pods::PodRecord {}
+    unsafe impl aya::Pod for crate::trace::TraceEvent {}
 }

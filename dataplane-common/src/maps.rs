@@ -24,6 +24,18 @@ pub const COUNTERS: &str = "COUNTERS";
 /// pod IPv4 address (see [`crate::pods`]).
 pub const PODS: &str = "PODS";
 
+/// `Array<u32>` with one slot: bit N set while a `bpfmasq trace` listens on
+/// ring buffer N (see [`crate::trace`]).
+pub const TRACE_ACTIVE: &str = "TRACE_ACTIVE";
+/// `PerCpuArray<u64>`, one slot per trace ring buffer: events that did not
+/// fit in it.
+pub const TRACE_LOST: &str = "TRACE_LOST";
+/// `RingBuf`s of [`crate::trace::TraceEvent`], one per trace slot.
+pub const TRACE_EVENTS_0: &str = "TRACE_EVENTS_0";
+pub const TRACE_EVENTS_1: &str = "TRACE_EVENTS_1";
+pub const TRACE_EVENTS_2: &str = "TRACE_EVENTS_2";
+pub const TRACE_EVENTS_3: &str = "TRACE_EVENTS_3";
+
 /// TC program on the uplink's egress: SNAT.
 pub const PROG_UPLINK_EGRESS: &str = "uplink_egress";
 /// TC program on the uplink's ingress: reverse SNAT (and the fast path in).

@@ -20,43 +20,59 @@ mod offsets;
 mod packet;
 mod rewrite;
 mod tcp_window;
+mod trace;
 mod verdict;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use dataplane_common::counters::Counter;
-use verdict::{Drop, Program, Verdict, finish};
+use verdict::{Drop, Outcome, Program, Verdict};
 
 /// SNAT on the uplink's egress: pod source -> NAT address.
 #[classifier]
 pub fn uplink_egress(ctx: TcContext) -> i32 {
-    let outcome = nat::snat(&ctx);
+    trace::run!(Program::UplinkEgress, &ctx, snat_making_room(&ctx))
+}
+
+/// SNAT; a new flow that found the table full is dropped, and room is made
+/// for the next one (`admission::early_drop`).
+#[inline(always)]
+fn snat_making_room(ctx: &TcContext) -> Outcome {
+    let outcome = nat::snat(ctx);
     if let Err(Drop(Counter::DropTableFull)) = outcome {
         admission::early_drop();
     }
-    finish(Program::UplinkEgress, outcome)
+    outcome
 }
 
 /// Reverse SNAT on the uplink's ingress: NAT address -> pod; a translated
 /// reply then takes the fast path to the bridge when it can.
 #[classifier]
 pub fn uplink_ingress(ctx: TcContext) -> i32 {
-    let outcome = match nat::unsnat(&ctx) {
-        Ok(Verdict::Translated(translated)) => {
-            // The translation counts; what the fast path does next is the
-            // packet's verdict (`Ignored` with the fast path off).
-            counters::count(translated);
-            fast_path::deliver_in(&ctx)
-        }
+    trace::run!(Program::UplinkIngress, &ctx, unsnat_and_deliver(&ctx))
+}
+
+#[inline(always)]
+fn unsnat_and_deliver(ctx: &TcContext) -> Outcome {
+    match nat::unsnat(ctx) {
+        Ok(Verdict::Translated(translated)) => match fast_path::deliver_in(ctx) {
+            // The fast path is off: the translation is the packet's verdict.
+            Ok(Verdict::Ignored) => Ok(Verdict::Translated(translated)),
+            // The translation counts; what the fast path did next is the
+            // packet's verdict.
+            next => {
+                counters::count(translated);
+                next
+            }
+        },
         other => other,
-    };
-    finish(Program::UplinkIngress, outcome)
+    }
 }
 
 /// The fast path out, on the bridge's ingress: a pod's packet to the
 /// outside goes straight to the uplink (whose egress program masquerades it).
 #[classifier]
 pub fn bridge_ingress(ctx: TcContext) -> i32 {
-    finish(Program::BridgeIngress, fast_path::forward_out(&ctx))
+    trace::run!(Program::BridgeIngress, &ctx, fast_path::forward_out(&ctx))
 }
 
 #[cfg(not(test))]

@@ -7,7 +7,8 @@
 //!
 //! A packet's verdict is counted once, by [`finish`], at the end of its
 //! program; events that are not a verdict (a port skipped, a flow created)
-//! are counted where they happen.
+//! are counted where they happen. While a trace runs, the same counter is
+//! what the trace reports ([`finish_then`], `crate::trace`).
 //!
 //! A packet that goes on returns `TC_ACT_UNSPEC` (tcx's `TCX_NEXT`, the
 //! same number): the hook's next program (tcx) or filter (clsact) still
@@ -15,7 +16,7 @@
 //! after bpfmasq. With nothing after it the packet simply goes on.
 
 use aya_ebpf::bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC};
-use dataplane_common::counters::Counter;
+use dataplane_common::{counters::Counter, trace};
 
 use crate::{conntrack::FlowError, counters::count, rewrite::RewriteError};
 
@@ -63,17 +64,26 @@ impl From<RewriteError> for Drop {
 }
 
 /// The program a packet is in: counters shared by several programs are
-/// kept apart by it.
+/// kept apart by it. The values are `dataplane_common::trace`'s program
+/// numbers.
 #[derive(Clone, Copy)]
+#[repr(u8)]
 pub enum Program {
-    UplinkEgress,
-    UplinkIngress,
-    BridgeIngress,
+    UplinkEgress = trace::PROGRAM_UPLINK_EGRESS,
+    UplinkIngress = trace::PROGRAM_UPLINK_INGRESS,
+    BridgeIngress = trace::PROGRAM_BRIDGE_INGRESS,
 }
 
 /// Counts the outcome (once) and turns it into the TC action.
 #[inline(always)]
 pub fn finish(program: Program, outcome: Outcome) -> i32 {
+    finish_then(program, outcome, |_, _| {})
+}
+
+/// Like [`finish`], then hands the counter and the action to `then` (a
+/// trace's report); `Ignored` packets are neither counted nor handed on.
+#[inline(always)]
+pub fn finish_then(program: Program, outcome: Outcome, then: impl FnOnce(Counter, i32)) -> i32 {
     let (action, counter) = match outcome {
         Ok(Verdict::Pass(counter) | Verdict::Translated(counter)) => (TC_ACT_UNSPEC, counter),
         Ok(Verdict::Taken(counter)) => (TC_ACT_SHOT, counter),
@@ -81,7 +91,9 @@ pub fn finish(program: Program, outcome: Outcome) -> i32 {
         Ok(Verdict::Ignored) => return TC_ACT_UNSPEC,
         Err(Drop(counter)) => (TC_ACT_SHOT, counter),
     };
-    count(keyed(program, counter));
+    let counter = keyed(program, counter);
+    count(counter);
+    then(counter, action);
     action
 }
 

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod inspect;
 pub mod lab;
+pub mod metrics;
 pub mod netfilter;
 pub mod netlink;
 pub mod netns;

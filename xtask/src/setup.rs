@@ -48,6 +48,8 @@ const PACKAGES: &[&str] = &[
     "containernetworking-plugins",
     "runc",
     "busybox-static",
+    // tests/tests/metrics.rs: a real Prometheus scrapes `bpfmasq run`, promtool lints it.
+    "prometheus",
 ];
 
 /// Debian packages the kernel matrix boots its guests with: QEMU, depmod

@@ -4,13 +4,18 @@
 //! in pins, so the daemon may stop, crash or be upgraded at any time without
 //! a packet noticing. Starting, it attaches, or adopts what an earlier run or
 //! `attach` pinned (new programs swapped in atomically, maps and flows kept).
-//! Running, it expires flows and follows the uplink's address.
+//! Running, it expires flows and follows the uplink's address, and with
+//! `--metrics-address` serves Prometheus metrics (`crate::metrics`).
 
 mod addresses;
 pub mod lock;
 mod pressure;
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 use dataplane_common::{
@@ -18,7 +23,9 @@ use dataplane_common::{
     maps,
 };
 use tokio::{
+    net::TcpListener,
     signal::unix::{Signal, SignalKind, signal},
+    task::JoinHandle,
     time::MissedTickBehavior,
 };
 
@@ -37,7 +44,8 @@ use crate::{
         pinned, pod_flows,
         tc::{self, AttachRecord, Interfaces},
     },
-    inspect::Query,
+    inspect::{Query, trace},
+    metrics::{self, Exposition, GcMetrics},
     netlink::Netlink,
     privileges::require_root,
 };
@@ -50,6 +58,8 @@ pub struct RunOptions {
     pub detach_on_exit: bool,
     /// Time between garbage-collection sweeps.
     pub gc_interval: Duration,
+    /// Where to serve Prometheus metrics on `GET /metrics` (`None`: nowhere).
+    pub metrics_address: Option<SocketAddr>,
 }
 
 pub async fn run(netns: Option<&str>, args: &RunOptions) -> Result<()> {
@@ -61,6 +71,16 @@ pub async fn run(netns: Option<&str>, args: &RunOptions) -> Result<()> {
     let resolved = Resolved::resolve(&netlink, &args.attach).await?;
     let instance = Instance::new(&netns_label(netns)?, &resolved.uplink);
     let _lock = lock::acquire(&instance)?;
+    // Bound before attaching: an address in use stops the daemon before it
+    // changes anything.
+    let metrics_listener = match args.metrics_address {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("listening for metrics on {address}"))?,
+        ),
+        None => None,
+    };
     // Subscribed before the datapath is configured with the address just
     // resolved, so that a change in between is not missed.
     let follow = args.attach.nat_address.is_none();
@@ -86,7 +106,11 @@ pub async fn run(netns: Option<&str>, args: &RunOptions) -> Result<()> {
         instance,
         uplink_ifindex: resolved.uplink_ifindex,
         warned_no_address: false,
+        gc_metrics: GcMetrics::default(),
     };
+    let metrics_server = metrics_listener
+        .map(|listener| serve_metrics(listener, &daemon))
+        .transpose()?;
     if follow {
         daemon.follow_address(&netlink).await?;
     }
@@ -100,6 +124,11 @@ pub async fn run(netns: Option<&str>, args: &RunOptions) -> Result<()> {
             name = signals.recv() => break name,
             _ = gc_timer.tick() => {
                 daemon.sweep()?;
+                // A trace that was killed leaves its bit set, and the
+                // datapath would keep reporting to nobody: clear it.
+                if let Err(e) = trace::reconcile(&daemon.instance) {
+                    eprintln!("bpfmasq run: warning: checking which traces run: {e:#}");
+                }
                 if let Some(warning) = pressure.check(&daemon.instance) {
                     eprintln!("bpfmasq run: warning: {warning}");
                 }
@@ -117,6 +146,9 @@ pub async fn run(netns: Option<&str>, args: &RunOptions) -> Result<()> {
         }
     };
     drop(watch);
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
 
     let instance = &daemon.instance;
     if args.detach_on_exit {
@@ -135,6 +167,16 @@ pub async fn run(netns: Option<&str>, args: &RunOptions) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Starts answering `GET /metrics` on `listener`, on this runtime.
+fn serve_metrics(listener: TcpListener, daemon: &Daemon) -> Result<JoinHandle<()>> {
+    let address = listener
+        .local_addr()
+        .context("reading the metrics address")?;
+    let exposition = Exposition::new(daemon.instance.clone(), daemon.gc_metrics.clone());
+    println!("bpfmasq run: serving Prometheus metrics on http://{address}/metrics");
+    Ok(tokio::spawn(metrics::serve(listener, Arc::new(exposition))))
 }
 
 /// SIGINT and SIGTERM, the two ways to stop the daemon cleanly.
@@ -372,6 +414,8 @@ struct Daemon {
     table: ConntrackMap,
     /// Warn once per stretch without an address, not on every notification.
     warned_no_address: bool,
+    /// Sweeps counted for the metrics endpoint (kept without one: cheap).
+    gc_metrics: GcMetrics,
 }
 
 impl Daemon {
@@ -399,6 +443,7 @@ impl Daemon {
         });
         match swept {
             Ok(report) => {
+                self.gc_metrics.record(&report);
                 if report.expired + report.rebound + report.orphans > 0 {
                     eprintln!(
                         "bpfmasq run: gc: removed {} expired and {} rebound flows and {} orphan halves \
@@ -414,6 +459,7 @@ impl Daemon {
                 Ok(Some(report))
             }
             Err(e) => {
+                self.gc_metrics.record_failure();
                 eprintln!("bpfmasq run: warning: gc sweep failed: {e:#}");
                 Ok(None)
             }

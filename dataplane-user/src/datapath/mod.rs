@@ -10,6 +10,7 @@ pub mod instance;
 pub mod kernel;
 pub mod layout;
 pub mod loader;
+pub mod map_fill;
 pub mod options;
 pub mod pinned;
 pub mod pod_flows;

@@ -1,17 +1,30 @@
 //! Opening an instance's pinned maps from any process: the inspection verbs
-//! and `detach` read the datapath's state without loading anything. Each
-//! opening checks first that the pins have this bpfmasq's layout.
+//! and `detach` read the datapath's state without loading anything, and
+//! which program each pinned hook runs. Each opening of a map checks first
+//! that the pins have this bpfmasq's layout.
 
 use anyhow::{Context as _, Result, anyhow};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::{
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    programs::{
+        ProgramInfo,
+        links::{FdLink, PinnedLink},
+    },
+};
 use dataplane_common::{
-    config::NatConfig,
+    config::{AttachMode, NatConfig},
     flow::{FlowEntry, FlowKey},
     maps,
     pods::PodRecord,
 };
 
-use super::{instance::Instance, layout};
+use super::{
+    instance::{
+        Instance, PIN_BRIDGE_INGRESS, PIN_EGRESS, PIN_INGRESS, PIN_PROG_BRIDGE_INGRESS,
+        PIN_PROG_EGRESS, PIN_PROG_INGRESS,
+    },
+    layout,
+};
 
 fn open(instance: &Instance, name: &str) -> Result<Map> {
     let path = instance.pin(name);
@@ -57,5 +70,41 @@ pub fn counters(instance: &Instance) -> Result<PerCpuArray<MapData, u64>> {
 }
 
 pub fn pods(instance: &Instance) -> Result<HashMap<MapData, u32, PodRecord>> {
+    layout::check(instance)?;
     Ok(open(instance, maps::PODS)?.try_into()?)
+}
+
+/// Each hook (`egress`, `ingress`, `bridge ingress`) and the id of the
+/// program it runs, when it can be read.
+pub fn hook_programs(instance: &Instance, mode: AttachMode) -> Vec<(&'static str, Option<u32>)> {
+    [
+        ("egress", (PIN_EGRESS, PIN_PROG_EGRESS)),
+        ("ingress", (PIN_INGRESS, PIN_PROG_INGRESS)),
+        (
+            "bridge ingress",
+            (PIN_BRIDGE_INGRESS, PIN_PROG_BRIDGE_INGRESS),
+        ),
+    ]
+    .into_iter()
+    .map(|(hook, pins)| (hook, program_id(instance, mode, pins)))
+    .collect()
+}
+
+/// The program a hook runs: read from its pinned tcx link, or (clsact) from
+/// the program pinned beside the filter.
+fn program_id(
+    instance: &Instance,
+    mode: AttachMode,
+    (link_pin, program_pin): (&str, &str),
+) -> Option<u32> {
+    match mode {
+        AttachMode::Tcx => {
+            let link: FdLink = PinnedLink::from_pin(instance.pin(link_pin)).ok()?.into();
+            link.info().ok().map(|info| info.program_id())
+        }
+        AttachMode::Clsact => ProgramInfo::from_pin(instance.pin(program_pin))
+            .ok()
+            .map(|info| info.id()),
+        AttachMode::None => None,
+    }
 }

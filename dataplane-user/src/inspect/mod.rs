@@ -6,6 +6,7 @@ mod containers;
 mod probe;
 mod stats;
 mod status;
+pub mod trace;
 
 pub use conntrack::{
     Flow, FlowFilter, Proto, conntrack_count, conntrack_flush, conntrack_list, flows,
@@ -14,6 +15,7 @@ pub use containers::{ContainerView, container_views, containers};
 pub use probe::probe;
 pub use stats::{counter_totals, stats};
 pub use status::status;
+pub use trace::{TraceFilter, TraceOptions, trace};
 
 /// Which datapath an inspection reads, and how it prints.
 #[derive(Clone, Debug, Default)]

@@ -4,10 +4,6 @@
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
-use aya::programs::{
-    ProgramInfo,
-    links::{FdLink, PinnedLink},
-};
 use dataplane_common::config::AttachMode;
 use serde::Serialize;
 
@@ -15,10 +11,7 @@ use super::Query;
 use crate::{
     daemon::lock,
     datapath::{
-        instance::{
-            Instance, PIN_BRIDGE_INGRESS, PIN_EGRESS, PIN_INGRESS, PIN_PROG_BRIDGE_INGRESS,
-            PIN_PROG_EGRESS, PIN_PROG_INGRESS, netns_label,
-        },
+        instance::{Instance, netns_label},
         kernel::Kernel,
         pinned,
     },
@@ -58,30 +51,13 @@ struct Status {
     flows: usize,
     table_entries: usize,
     table_capacity: u32,
+    /// `bpfmasq trace`s the datapath reports to.
+    traces: u32,
     pin_dir: String,
 }
 
 fn addr(raw: u32) -> Ipv4Addr {
     Ipv4Addr::from(raw.to_ne_bytes())
-}
-
-/// The program a hook runs: read from its pinned tcx link, or (clsact) from
-/// the program pinned beside the filter.
-fn program_id(
-    instance: &Instance,
-    mode: AttachMode,
-    (link_pin, program_pin): (&str, &str),
-) -> Option<u32> {
-    match mode {
-        AttachMode::Tcx => {
-            let link: FdLink = PinnedLink::from_pin(instance.pin(link_pin)).ok()?.into();
-            link.info().ok().map(|info| info.program_id())
-        }
-        AttachMode::Clsact => ProgramInfo::from_pin(instance.pin(program_pin))
-            .ok()
-            .map(|info| info.id()),
-        AttachMode::None => None,
-    }
 }
 
 pub fn status(netns: Option<&str>, query: &Query) -> Result<()> {
@@ -90,20 +66,10 @@ pub fn status(netns: Option<&str>, query: &Query) -> Result<()> {
     let table = pinned::conntrack(&instance)?;
     let snapshot = crate::datapath::flows::snapshot(&table)?;
     let mode = config.attach_mode();
-    let hooks = [
-        ("egress", (PIN_EGRESS, PIN_PROG_EGRESS)),
-        ("ingress", (PIN_INGRESS, PIN_PROG_INGRESS)),
-        (
-            "bridge ingress",
-            (PIN_BRIDGE_INGRESS, PIN_PROG_BRIDGE_INGRESS),
-        ),
-    ]
-    .into_iter()
-    .map(|(hook, pins)| Hook {
-        hook,
-        program_id: program_id(&instance, mode, pins),
-    })
-    .collect();
+    let hooks = pinned::hook_programs(&instance, mode)
+        .into_iter()
+        .map(|(hook, program_id)| Hook { hook, program_id })
+        .collect();
     let kernel = Kernel::probe();
     let prefix = u32::from_be(config.pod_mask).count_ones();
     let status = Status {
@@ -140,6 +106,7 @@ pub fn status(netns: Option<&str>, query: &Query) -> Result<()> {
         flows: snapshot.flows.len(),
         table_entries: snapshot.entries,
         table_capacity: config.ct_max.saturating_mul(2),
+        traces: super::trace::listening(&instance)?,
         pin_dir: instance.dir().display().to_string(),
     };
     if query.json {
@@ -188,5 +155,6 @@ pub fn status(netns: Option<&str>, query: &Query) -> Result<()> {
         .map(|(n, v)| format!("{n}={v}"))
         .collect();
     println!("timeouts     {}", timeouts.join(" "));
+    println!("traces       {} running", status.traces);
     Ok(())
 }

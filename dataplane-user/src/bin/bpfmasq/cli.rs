@@ -2,12 +2,15 @@
 //! binary, and turned once into the library's own option types
 //! (`From` impls at the end); the library knows nothing of clap.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    time::Duration,
+};
 
 use bpfmasq::{
     daemon::RunOptions,
     datapath::options::{AttachOptions, LinkType as LibLinkType, PortRange, TimeoutOverride},
-    inspect::{FlowFilter, Proto, Query},
+    inspect::{FlowFilter, Proto, Query, TraceFilter, TraceOptions},
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::Ipv4Net;
@@ -64,6 +67,21 @@ pub enum Command {
     Run(RunArgs),
     /// Run one garbage-collection sweep of the conntrack table now and report it.
     Gc(InstanceArgs),
+    /// Follow packets through the datapath as it decides on them: one line per packet with its
+    /// program, tuple before and after, verdict and the counter that says why.
+    #[command(
+        long_about = "Follow packets through the datapath as it decides on them, like \
+        tcpdump for bpfmasq: one line per matching packet with the time, the program \
+        (uplink_egress, uplink_ingress, bridge_ingress), the packet's tuple when the program \
+        got it and, when it changed it, as it left (`=>`), the verdict (translated, passed, \
+        dropped, fast path, fallback, held) and the counter of `bpfmasq stats` that says why.\n\n\
+        --src and --dst work as in `conntrack list`: the pod's side and the peer's side of a \
+        flow, whichever way the packet goes (a reply matches --src POD too). Up to 4 traces can \
+        run at once; while none runs the datapath pays one check per packet. Events the trace \
+        could not keep up with are counted and reported as lost.\n\n\
+        Example: bpfmasq --netns lab-host trace --src 10.85.0.2/32 --proto icmp --count 4"
+    )]
+    Trace(TraceArgs),
     /// Show what this kernel offers bpfmasq: features, attach mode, fast path, and each program's
     /// verifier budget (the programs are loaded for real, nothing is attached).
     Probe(JsonArgs),
@@ -221,6 +239,11 @@ pub struct RunArgs {
     /// Seconds between garbage-collection sweeps.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub gc_interval: u64,
+    /// Serve Prometheus metrics on http://ADDR:PORT/metrics (e.g. 127.0.0.1:9781): every datapath
+    /// counter, flows by protocol and state, table and map fill, NAT port usage of the busiest
+    /// destinations, garbage collection. Off by default; README shows a scrape config and alerts.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_address: Option<SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -284,6 +307,29 @@ pub struct StatsArgs {
     pub watch: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+    /// Only packets of this protocol.
+    #[arg(long)]
+    pub proto: Option<ProtoFilter>,
+    /// Only packets of flows whose pod side (the source going out, the destination coming
+    /// back) is in CIDR, before or after translation.
+    #[arg(long, value_name = "CIDR")]
+    pub src: Option<Ipv4Net>,
+    /// Only packets of flows whose peer side (the destination going out, the source coming
+    /// back) is in CIDR.
+    #[arg(long, value_name = "CIDR")]
+    pub dst: Option<Ipv4Net>,
+    /// Only TCP/UDP packets with this port on either side, before or after translation.
+    #[arg(long, value_name = "N")]
+    pub port: Option<u16>,
+    /// Stop after N matching packets.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+}
+
 impl From<LinkType> for LibLinkType {
     fn from(link_type: LinkType) -> Self {
         match link_type {
@@ -319,6 +365,7 @@ impl From<RunArgs> for RunOptions {
             attach: args.attach.into(),
             detach_on_exit: args.detach_on_exit,
             gc_interval: Duration::from_secs(args.gc_interval),
+            metrics_address: args.metrics_address,
         }
     }
 }
@@ -332,17 +379,37 @@ impl From<InstanceArgs> for Query {
     }
 }
 
+impl From<ProtoFilter> for Proto {
+    fn from(proto: ProtoFilter) -> Self {
+        match proto {
+            ProtoFilter::Tcp => Proto::Tcp,
+            ProtoFilter::Udp => Proto::Udp,
+            ProtoFilter::Icmp => Proto::Icmp,
+        }
+    }
+}
+
 impl From<FlowFilterArgs> for FlowFilter {
     fn from(args: FlowFilterArgs) -> Self {
         Self {
-            proto: args.proto.map(|proto| match proto {
-                ProtoFilter::Tcp => Proto::Tcp,
-                ProtoFilter::Udp => Proto::Udp,
-                ProtoFilter::Icmp => Proto::Icmp,
-            }),
+            proto: args.proto.map(Proto::from),
             src: args.src,
             dst: args.dst,
             container: args.container,
+        }
+    }
+}
+
+impl From<&TraceArgs> for TraceOptions {
+    fn from(args: &TraceArgs) -> Self {
+        Self {
+            filter: TraceFilter {
+                proto: args.proto.map(Proto::from),
+                src: args.src,
+                dst: args.dst,
+                port: args.port,
+            },
+            count: args.count,
         }
     }
 }

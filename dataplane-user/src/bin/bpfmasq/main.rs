@@ -119,6 +119,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Status(args) => inspect::status(cli.netns.as_deref(), &args.into()),
         Command::Gc(args) => daemon::gc_once(cli.netns.as_deref(), &args.into()),
         Command::Run(args) => daemon::run(cli.netns.as_deref(), &args.into()).await,
+        Command::Trace(args) => {
+            let options = (&args).into();
+            inspect::trace(cli.netns.as_deref(), &args.instance.into(), &options).await
+        }
         Command::Probe(args) => inspect::probe(args.json),
     }
 }
