@@ -4,6 +4,7 @@
 //! [`daemon::RunOptions`], [`inspect::Query`]...) and dispatches here; the
 //! end-to-end tests reuse [`netns`] to run sockets inside lab namespaces.
 
+pub mod cni_config;
 pub mod daemon;
 pub mod datapath;
 pub mod inspect;

@@ -8,6 +8,7 @@
 
 mod addresses;
 pub mod lock;
+pub mod notify;
 mod pressure;
 
 use std::{net::Ipv4Addr, time::Duration};
@@ -68,7 +69,12 @@ pub async fn run(netns: Option<&str>, args: &RunOptions) -> Result<()> {
 
     let started = start(&netlink, &instance, &resolved, args.attach.link_type).await?;
     let fast_path = datapath::fast_path_state(args.attach.fast_path, &resolved);
-    println!("{}", started.describe(&instance, args, follow, &fast_path));
+    let described = started.describe(&instance, args, follow, &fast_path);
+    println!("{described}");
+    // Only now is traffic masqueraded: `Type=notify` units order on this.
+    if let Err(e) = notify::ready(&described) {
+        eprintln!("bpfmasq run: warning: {e:#}");
+    }
     let mut daemon = Daemon {
         table: pinned::conntrack(&instance)?,
         instance,

@@ -7,13 +7,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use bpfmasq::{
-    daemon,
+    cni_config, daemon,
     datapath::{self, verifier::Rejection},
     inspect, lab,
     netns::NetNs,
 };
 use clap::Parser as _;
-use cli::{Cli, Command, ConntrackCommand, LabCommand};
+use cli::{Cli, CniConfigCommand, Command, ConntrackCommand, LabCommand};
 
 fn main() -> ExitCode {
     // Like any Unix filter: `bpfmasq conntrack list | head` ends quietly.
@@ -119,5 +119,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Gc(args) => daemon::gc_once(cli.netns.as_deref(), &args.into()),
         Command::Run(args) => daemon::run(cli.netns.as_deref(), &args.into()).await,
         Command::Probe(args) => inspect::probe(args.json),
+        Command::CniConfig(CniConfigCommand::Install(args)) => {
+            cni_config::install(&args.paths.into(), &args.plugin)
+        }
+        Command::CniConfig(CniConfigCommand::Remove(args)) => cni_config::remove(&args.into()),
+        Command::MountBpffs => datapath::bpffs::ensure_mounted(),
     }
 }
