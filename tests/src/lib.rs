@@ -34,6 +34,7 @@
 //! - [`daemon_support`]: `bpfmasq run` as a guarded child process, polling with a deadline,
 //!   the SIGKILL-mid-transfer restart scenario;
 //! - [`netfilter`]: looking for NAT rules in a namespace;
+//! - [`podman`]: the bpfmasq image under podman in a lab's host namespace, private storage;
 //! - [`kernel`]: the running kernel's release and the attach mode it gets;
 //! - [`attachments`]: what a datapath has in a lab's host (pins, tcx programs, tc filters, qdiscs).
 
@@ -51,6 +52,7 @@ pub mod lab;
 pub mod netfilter;
 pub mod netns;
 pub mod pattern;
+pub mod podman;
 pub mod process;
 pub mod product;
 pub mod refusal;
