@@ -40,7 +40,7 @@ use crate::{
     },
     inspect::Query,
     netlink::Netlink,
-    privileges::require_root,
+    privileges::{require_datapath_capabilities, require_root},
 };
 
 /// What `run` is asked to do.
@@ -55,6 +55,7 @@ pub struct RunOptions {
 
 pub async fn run(netns: Option<&str>, args: &RunOptions) -> Result<()> {
     require_root("bpfmasq run")?;
+    require_datapath_capabilities("bpfmasq run")?;
     // Caught from the start: a signal arriving while the datapath is being
     // attached is handled once that is done, instead of killing it half-way.
     let mut signals = Signals::new()?;
