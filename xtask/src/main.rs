@@ -44,7 +44,9 @@ enum Command {
     ///
     /// Checks, and installs only what is missing: the Debian packages the tests and the demo
     /// use (apt), rust-src for the nightly toolchain, bpf-linker built against the
-    /// nightly's own LLVM, the BPF filesystem at /sys/fs/bpf, and what the kernel matrix
+    /// nightly's own LLVM, the BPF filesystem at /sys/fs/bpf, the musl target (the image's
+    /// static binaries), kubernetes-validate from PyPI in ~/.cache/bpfmasq/kubernetes-validate
+    /// (the manifests' test), and what the kernel matrix
     /// boots its VMs with (qemu-system-x86, kmod, busybox-static, python3-venv; virtme-ng
     /// from PyPI in ~/.cache/bpfmasq/virtme-ng). Installing packages and mounting need root;
     /// the nightly toolchain itself must already be installed. (build, demo, bench and lint

@@ -6,7 +6,9 @@
 //! 2. the Debian packages the tests and the demo use (apt, as root),
 //! 3. `rust-src` for the nightly (`-Z build-std=core` needs it),
 //! 4. `bpf-linker`, built against the nightly's own libLLVM,
-//! 5. the BPF filesystem at /sys/fs/bpf (as root).
+//! 5. the BPF filesystem at /sys/fs/bpf (as root),
+//! 6. the musl target (`cargo xtask image` builds static binaries with it),
+//! 7. kubernetes-validate from PyPI in a venv of its own (tests/tests/deploy.rs).
 //!
 //! The kernel matrix (`cargo xtask test --kernels`) needs more, which
 //! [`ensure_vm_tools`] installs only when the matrix runs (and `cargo xtask
