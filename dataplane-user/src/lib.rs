@@ -6,6 +6,7 @@
 //! [`cni`] is the CNI plugin `bpfmasq-cni` (a thin binary over it).
 
 pub mod cni;
+pub mod cni_config;
 pub mod daemon;
 pub mod datapath;
 pub mod inspect;

@@ -2,8 +2,9 @@
 //! lab's host, its output collected as it comes, SIGKILLed when the guard
 //! drops (panic or not). Plus polling with a deadline, reading the
 //! datapath's JSON views without an attach guard, and the restart scenario
-//! both the daemon and the portability suites run: SIGKILL in the middle
-//! of a transfer, then a new run adopts the pinned datapath.
+//! the daemon, portability and image suites run: SIGKILL in the middle of a
+//! transfer, then a new run adopts the pinned datapath ([`DaemonLauncher`]
+//! says how a daemon starts and dies: a child process, or a container).
 
 use std::{
     io::Read,
@@ -63,8 +64,15 @@ impl Daemon {
     pub fn spawn(lab: &Lab, extra: &[&str]) -> Self {
         let args = run_args(lab, extra);
         let shown = format!("bpfmasq {}", args.join(" "));
-        let mut child = Command::new(bin())
-            .args(&args)
+        let mut command = Command::new(bin());
+        command.args(&args);
+        Self::spawn_command(command, shown)
+    }
+
+    /// Starts `command`, which runs a `bpfmasq run` (e.g. in a container),
+    /// without waiting; `shown` names it in messages.
+    pub fn spawn_command(mut command: Command, shown: String) -> Self {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -303,12 +311,45 @@ pub struct ShapedTransfer {
     pub kill_within: Duration,
 }
 
+/// How a restart scenario starts a daemon and SIGKILLs it: the binary
+/// itself ([`BinaryDaemon`]) or, say, a container running it.
+pub trait DaemonLauncher {
+    /// Starts a daemon for `lab` and waits until it says it attached or
+    /// adopted the datapath; returns the guard and that line.
+    fn start(&self, lab: &Lab) -> (Daemon, String);
+    /// Kills the daemon with SIGKILL and waits until it is gone.
+    fn sigkill(&self, daemon: &mut Daemon);
+}
+
+/// `bpfmasq run` started as a child process of the test.
+#[derive(Debug)]
+pub struct BinaryDaemon;
+
+impl DaemonLauncher for BinaryDaemon {
+    fn start(&self, lab: &Lab) -> (Daemon, String) {
+        Daemon::start(lab, &[])
+    }
+
+    fn sigkill(&self, daemon: &mut Daemon) {
+        daemon.kill();
+    }
+}
+
+/// [`sigkill_mid_transfer_then_adopt_with`] the binary as a child process.
+pub fn sigkill_mid_transfer_then_adopt(lab: &Lab, transfer: &ShapedTransfer) {
+    sigkill_mid_transfer_then_adopt_with(lab, transfer, &BinaryDaemon);
+}
+
 /// `bpfmasq run` attaches; `transfer` starts; once its flow carried
 /// `kill_after` bytes the daemon is SIGKILLed and a new run started, which
 /// must adopt the pinned datapath while the transfer still runs (new
 /// programs in the hooks, the flow and its translation kept), and the
 /// transfer then completes byte for byte, seen from the NAT address.
-pub fn sigkill_mid_transfer_then_adopt(lab: &Lab, transfer: &ShapedTransfer) {
+pub fn sigkill_mid_transfer_then_adopt_with(
+    lab: &Lab,
+    transfer: &ShapedTransfer,
+    launcher: &dyn DaemonLauncher,
+) {
     let out_tcp = SocketAddrV4::new(OUTSIDE_ADDR, transfer.port);
     lab.exec_ok(
         HOST,
@@ -328,7 +369,7 @@ pub fn sigkill_mid_transfer_then_adopt(lab: &Lab, transfer: &ShapedTransfer) {
             "200ms",
         ],
     );
-    let (mut first, line) = Daemon::start(lab, &[]);
+    let (mut first, line) = launcher.start(lab);
     assert!(line.contains("attached to"), "first run: {line}");
     let ids_before = program_ids(lab);
     let server = TcpServer::spawn(lab, OUT, out_tcp, 1, tcp::verify_stream);
@@ -352,8 +393,8 @@ pub fn sigkill_mid_transfer_then_adopt(lab: &Lab, transfer: &ShapedTransfer) {
         );
 
         let killed = Instant::now();
-        first.kill();
-        let (second, line) = Daemon::start(lab, &[]);
+        launcher.sigkill(&mut first);
+        let (second, line) = launcher.start(lab);
         eprintln!(
             "SIGKILLed after {} bytes; the new run took {:.1?} to start",
             bytes(&before),

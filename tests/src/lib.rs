@@ -37,6 +37,7 @@
 //! - [`http`]: a plain HTTP GET from inside a lab node;
 //! - [`prometheus`]: a real Prometheus server in a lab node, scraping a target, queried by its API;
 //! - [`tracer`]: `bpfmasq trace --json` as a guarded child process, its events collected;
+//! - [`podman_image`]: the bpfmasq image under podman in a lab's host namespace, private storage;
 //! - [`kernel`]: the running kernel's release and the attach mode it gets;
 //! - [`cni`]: calling the CNI plugin `bpfmasq-cni` by hand in a lab's host;
 //! - [`podman`]: the [`podman::Podman`] guard, a real runtime in a lab's host calling the plugin;
@@ -59,6 +60,7 @@ pub mod netfilter;
 pub mod netns;
 pub mod pattern;
 pub mod podman;
+pub mod podman_image;
 pub mod process;
 pub mod product;
 pub mod prometheus;

@@ -1,7 +1,7 @@
 //! `cargo xtask`: everything around bpfmasq that is not bpfmasq itself.
 //!
 //! One module per concept: [`setup`] prepares the machine, [`build`] builds the
-//! binary, [`test`] runs every test (and, through [`kernels`], the portability
+//! binary, [`image`] the OCI image (static binaries `FROM scratch`), [`test`] runs every test (and, through [`kernels`], the portability
 //! suite on Debian's kernels in VMs), [`demo`] shows the datapath at work in a
 //! throwaway lab, [`lint`] checks formatting and clippy. [`cmd`] runs commands
 //! and echoes them, [`ui`] prints the headings, [`workspace`] knows the paths.
@@ -10,6 +10,7 @@ mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod image;
 mod kernels;
 mod lint;
 mod setup;
@@ -43,7 +44,9 @@ enum Command {
     ///
     /// Checks, and installs only what is missing: the Debian packages the tests and the demo
     /// use (apt), rust-src for the nightly toolchain, bpf-linker built against the
-    /// nightly's own LLVM, the BPF filesystem at /sys/fs/bpf, and what the kernel matrix
+    /// nightly's own LLVM, the BPF filesystem at /sys/fs/bpf, the musl target (the image's
+    /// static binaries), kubernetes-validate from PyPI in ~/.cache/bpfmasq/kubernetes-validate
+    /// (the manifests' test), and what the kernel matrix
     /// boots its VMs with (qemu-system-x86, kmod, busybox-static, python3-venv; virtme-ng
     /// from PyPI in ~/.cache/bpfmasq/virtme-ng). Installing packages and mounting need root;
     /// the nightly toolchain itself must already be installed. (build, demo, bench and lint
@@ -54,8 +57,9 @@ enum Command {
     /// Run setup and build, then every test: unit and end-to-end tests, then the kernel
     /// matrix (needs root).
     ///
-    /// Runs `cargo test --release --workspace --exclude dataplane-ebpf` with BPFMASQ_BIN
-    /// pointing at the built binary, the end-to-end tests with the fast path on, then off.
+    /// Builds the OCI image (as `cargo xtask image`), then runs `cargo test --release
+    /// --workspace --exclude dataplane-ebpf` with BPFMASQ_BIN pointing at the built binary and
+    /// BPFMASQ_IMAGE at the image's archive, the end-to-end tests with the fast path on, then off.
     /// They create and remove their own network namespaces; they never touch the host's
     /// own network.
     ///
@@ -73,6 +77,15 @@ enum Command {
     /// harness: `cargo xtask test -- nat_ -- --nocapture` (a selection runs on this machine
     /// only, without the matrix).
     Test(test::TestArgs),
+    /// Run setup, then build the OCI image bpfmasq:<version> offline with podman.
+    ///
+    /// Builds every binary of the dataplane-user package statically (x86_64-unknown-linux-musl,
+    /// the eBPF object embedded) into an image FROM scratch whose entrypoint is /bpfmasq. The
+    /// image is tagged bpfmasq:<version> and bpfmasq:latest in podman's storage and saved as
+    /// an OCI archive, target/image/bpfmasq-<version>.tar, for other nodes or a registry
+    /// (`podman load -i`, `ctr -n k8s.io images import`, `skopeo copy oci-archive:...`).
+    /// Needs root for podman's storage; see deploy/ and README for running it.
+    Image,
     /// Run setup and build, then show bpfmasq masquerading a lab's traffic (needs root).
     ///
     /// Creates a lab in network namespaces (a host with a container bridge, two containers
@@ -95,6 +108,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Setup => setup::run_all(),
         Command::Build => build::run().map(drop),
+        Command::Image => image::run().map(drop),
         Command::Test(args) => test::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),

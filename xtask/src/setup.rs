@@ -6,7 +6,9 @@
 //! 2. the Debian packages the tests and the demo use (apt, as root),
 //! 3. `rust-src` for the nightly (`-Z build-std=core` needs it),
 //! 4. `bpf-linker`, built against the nightly's own libLLVM,
-//! 5. the BPF filesystem at /sys/fs/bpf (as root).
+//! 5. the BPF filesystem at /sys/fs/bpf (as root),
+//! 6. the musl target (`cargo xtask image` builds static binaries with it),
+//! 7. kubernetes-validate from PyPI in a venv of its own (tests/tests/deploy.rs).
 //!
 //! The kernel matrix (`cargo xtask test --kernels`) needs more, which
 //! [`ensure_vm_tools`] installs only when the matrix runs (and `cargo xtask
@@ -50,6 +52,12 @@ const PACKAGES: &[&str] = &[
     "busybox-static",
     // tests/tests/metrics.rs: a real Prometheus scrapes `bpfmasq run`, promtool lints it.
     "prometheus",
+    // tests/tests/deploy.rs: the manifests (yamllint; kubernetes-validate lives in a venv)
+    // and the systemd unit (systemd-analyze). (`cargo xtask image` and
+    // tests/tests/image.rs use podman and runc too.)
+    "yamllint",
+    "python3-venv",
+    "systemd",
 ];
 
 /// Debian packages the kernel matrix boots its guests with: QEMU, depmod
@@ -60,6 +68,10 @@ const VM_PACKAGES: &[&str] = &["qemu-system-x86", "kmod", "busybox-static", "pyt
 /// The virtme-ng release the matrix was verified with; `vng --version` prints
 /// `virtme-ng 1.42`.
 const VIRTME_NG_VERSION: &str = "1.42";
+
+/// The kubernetes-validate release the manifests are checked with; it bundles
+/// the schemas up to Kubernetes 1.37.
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 
 /// The bpf-linker release known to work with aya 0.14 and LLVM 21-23.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -76,6 +88,8 @@ pub fn run() -> Result<()> {
     ensure_rust_src()?;
     ensure_bpf_linker(&nightly)?;
     ensure_bpffs()?;
+    ensure_musl_target()?;
+    ensure_kubernetes_validate()?;
     ui::ok(&format!(
         "setup complete ({:.1} s)",
         started.elapsed().as_secs_f64()
@@ -240,6 +254,67 @@ fn ensure_virtme_ng() -> Result<PathBuf> {
         }
         other => bail!("virtme-ng still not usable after installing it (vng --version: {other:?})"),
     }
+}
+
+/// kubernetes-validate from PyPI in its own venv under the cache folder, for
+/// tests/tests/deploy.rs; returns the venv's bin/.
+pub fn ensure_kubernetes_validate() -> Result<PathBuf> {
+    ui::step(&format!(
+        "kubernetes-validate {KUBERNETES_VALIDATE_VERSION} (PyPI, in its own venv)"
+    ));
+    let venv = kubernetes_validate_venv()?;
+    let bin_dir = venv.join("bin");
+    let version = || {
+        let printed = Cmd::new(bin_dir.join("kubernetes-validate"))
+            .arg("--version")
+            .read()
+            .ok()?;
+        Some(printed.trim().to_owned())
+    };
+    if version().as_deref() == Some(KUBERNETES_VALIDATE_VERSION) {
+        ui::ok(&format!("installed in {}", venv.display()));
+        return Ok(bin_dir);
+    }
+    Cmd::new("/usr/bin/python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(&venv)
+        .run()?;
+    Cmd::new(bin_dir.join("pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .arg(format!(
+            "kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"
+        ))
+        .run()?;
+    match version() {
+        Some(have) if have == KUBERNETES_VALIDATE_VERSION => {
+            ui::ok("installed");
+            Ok(bin_dir)
+        }
+        other => bail!("kubernetes-validate still not usable after installing it ({other:?})"),
+    }
+}
+
+/// `~/.cache/bpfmasq/kubernetes-validate`.
+pub fn kubernetes_validate_venv() -> Result<PathBuf> {
+    Ok(workspace::cache_dir()?.join("kubernetes-validate"))
+}
+
+/// The musl target of the stable toolchain: `cargo xtask image` builds static binaries with it.
+fn ensure_musl_target() -> Result<()> {
+    let target = crate::image::MUSL_TARGET;
+    ui::step(&format!(
+        "Rust target {target} (static binaries for the image)"
+    ));
+    let installed = Cmd::new("rustup")
+        .args(["target", "list", "--installed"])
+        .read()?;
+    if installed.lines().any(|t| t.trim() == target) {
+        ui::ok("installed");
+        return Ok(());
+    }
+    Cmd::new("rustup").args(["target", "add", target]).run()?;
+    ui::ok("installed");
+    Ok(())
 }
 
 /// `1.42` from the venv's `vng --version` (`virtme-ng 1.42`); None when it does not run.

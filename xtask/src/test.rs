@@ -3,7 +3,8 @@
 //! The end-to-end tests run twice: with the fast path on (with everything
 //! else), then again with it off, so both datapaths stay correct. Then the
 //! kernel matrix ([`kernels`]) runs the portability suite on Debian's own
-//! kernels in VMs.
+//! kernels in VMs. The host's tests also get the OCI image ([`image`]),
+//! built once before them.
 
 use std::{ffi::OsString, path::Path, time::Instant};
 
@@ -13,6 +14,7 @@ use clap::Args;
 use crate::{
     build,
     cmd::Cmd,
+    image,
     kernels::{self, SERIES, Series},
     ui, workspace,
 };
@@ -25,7 +27,9 @@ const TEST_THREADS: &str = "4";
 pub const E2E_PACKAGE: &str = "bpfmasq-e2e";
 pub const FAST_PATH_ENV: &str = "BPFMASQ_E2E_FAST_PATH";
 /// Tests the second pass skips: they do not depend on `--fast-path`.
-const MODE_INDEPENDENT: &[&str] = &["quick_bench"];
+const MODE_INDEPENDENT: &[&str] = &["quick_bench", "the_image_", "manifests_", "systemd_unit_"];
+/// The variable naming the OCI archive tests/tests/image.rs runs.
+const IMAGE_ENV: &str = "BPFMASQ_IMAGE";
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
@@ -99,7 +103,8 @@ pub fn run(args: &TestArgs) -> Result<()> {
     let plan = args.plan();
     let bin = build::run()?;
     if plan.host {
-        host_tests(&bin, &args.args)?;
+        let image = image::run()?;
+        host_tests(&bin, &image, &args.args)?;
         if plan.kernels.is_empty() && !args.host_only {
             ui::note("a selection of tests runs on this machine only: no kernel matrix");
         }
@@ -112,7 +117,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
 
 /// Every test of the workspace on this machine's kernel, the end-to-end ones
 /// in both fast-path modes; `args` as `cargo test` takes them.
-fn host_tests(bin: &Path, args: &[OsString]) -> Result<()> {
+fn host_tests(bin: &Path, image: &Path, args: &[OsString]) -> Result<()> {
     ui::section("test: unit tests and end-to-end tests");
     ui::note(
         "The end-to-end tests build their own labs in network namespaces and remove them \
@@ -128,6 +133,7 @@ fn host_tests(bin: &Path, args: &[OsString]) -> Result<()> {
         ui::step(&format!("tests with the fast path {mode}"));
         Cmd::new(workspace::cargo())
             .env("BPFMASQ_BIN", bin)
+            .env(IMAGE_ENV, image)
             .env(FAST_PATH_ENV, mode)
             .args(["test", "--release"])
             .args(packages)

@@ -9,6 +9,7 @@
 
 mod addresses;
 pub mod lock;
+pub mod notify;
 mod pressure;
 
 use std::{
@@ -47,7 +48,7 @@ use crate::{
     inspect::{Query, trace},
     metrics::{self, Exposition, GcMetrics},
     netlink::Netlink,
-    privileges::require_root,
+    privileges::{require_datapath_capabilities, require_root},
 };
 
 /// What `run` is asked to do.
@@ -64,6 +65,7 @@ pub struct RunOptions {
 
 pub async fn run(netns: Option<&str>, args: &RunOptions) -> Result<()> {
     require_root("bpfmasq run")?;
+    require_datapath_capabilities("bpfmasq run")?;
     // Caught from the start: a signal arriving while the datapath is being
     // attached is handled once that is done, instead of killing it half-way.
     let mut signals = Signals::new()?;
@@ -100,7 +102,12 @@ pub async fn run(netns: Option<&str>, args: &RunOptions) -> Result<()> {
         start(&netlink, &instance, &resolved, args.attach.link_type).await?
     };
     let fast_path = datapath::fast_path_state(args.attach.fast_path, &resolved);
-    println!("{}", started.describe(&instance, args, follow, &fast_path));
+    let described = started.describe(&instance, args, follow, &fast_path);
+    println!("{described}");
+    // Only now is traffic masqueraded: `Type=notify` units order on this.
+    if let Err(e) = notify::ready(&described) {
+        eprintln!("bpfmasq run: warning: {e:#}");
+    }
     let mut daemon = Daemon {
         table: pinned::conntrack(&instance)?,
         instance,

@@ -7,10 +7,12 @@ use nix::mount::{MsFlags, mount};
 
 const BPFFS_ROOT: &str = "/sys/fs/bpf";
 /// statfs f_type of a BPF filesystem.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 
 fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+    // f_type is an i64 with glibc and a u64 with musl (the image's static build).
+    #[allow(clippy::unnecessary_cast, clippy::cast_sign_loss)]
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as u64 == BPF_FS_MAGIC)
 }
 
 /// Mounts bpffs at /sys/fs/bpf unless one is there already.

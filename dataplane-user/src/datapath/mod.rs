@@ -28,7 +28,10 @@ use self::{
     options::{AttachOptions, LinkType, Resolved},
     tc::{AttachRecord, Interfaces},
 };
-use crate::{netlink::Netlink, privileges::require_root};
+use crate::{
+    netlink::Netlink,
+    privileges::{require_datapath_capabilities, require_root},
+};
 
 /// Removes a half-made instance's pins unless disarmed: an `attach` that
 /// fails part-way leaves nothing behind.
@@ -50,6 +53,7 @@ pub async fn attach(netns: Option<&str>, args: &AttachOptions) -> Result<()> {
         return crate::takeover::attach(netns, args).await;
     }
     require_root("bpfmasq attach")?;
+    require_datapath_capabilities("bpfmasq attach")?;
     let netlink = Netlink::connect()?;
     let resolved = Resolved::resolve(&netlink, args).await?;
     let instance = Instance::new(&netns_label(netns)?, &resolved.uplink);

@@ -15,7 +15,7 @@ use crate::{
         kernel::{Feature, Kernel},
         loader,
     },
-    privileges::require_root,
+    privileges::{require_datapath_capabilities, require_root},
 };
 
 #[derive(Debug, Serialize)]
@@ -49,6 +49,7 @@ impl Drop for ScratchPins {
 
 pub fn probe(json: bool) -> Result<()> {
     require_root("bpfmasq probe")?;
+    require_datapath_capabilities("bpfmasq probe")?;
     let kernel = Kernel::probe();
     bpffs::ensure_mounted()?;
     // Beside bpfmasq's own folder, where no instance is looked for (and

@@ -4,10 +4,12 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
     time::Duration,
 };
 
 use bpfmasq::{
+    cni_config::CniPaths,
     daemon::RunOptions,
     datapath::options::{AttachOptions, LinkType as LibLinkType, PortRange, TimeoutOverride},
     inspect::{FlowFilter, Proto, Query, TraceFilter, TraceOptions},
@@ -85,6 +87,44 @@ pub enum Command {
     /// Show what this kernel offers bpfmasq: features, attach mode, fast path, and each program's
     /// verifier budget (the programs are loaded for real, nothing is attached).
     Probe(JsonArgs),
+    /// Put the bpfmasq-cni plugin on this node (or take it off): for the DaemonSet's init
+    /// container, see deploy/kubernetes.
+    #[command(subcommand)]
+    CniConfig(CniConfigCommand),
+    /// Mount the BPF filesystem at /sys/fs/bpf unless one is there. attach and run do this
+    /// themselves; this is for an init container whose /sys/fs/bpf is the host's (mounted
+    /// Bidirectional), so the pins outlive the daemon's container.
+    MountBpffs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CniConfigCommand {
+    /// Copy the plugin into the CNI bin folder; in the first *.conflist with a `bridge` plugin
+    /// set the bridge's ipMasq to false and add {"type": "bpfmasq-cni"} right after it.
+    /// Idempotent; files are replaced atomically.
+    Install(CniInstallArgs),
+    /// Take the plugin out of that conflist (the bridge's ipMasq back to true, so the
+    /// runtime's iptables masquerade returns for new pods) and its binary away.
+    Remove(CniPathArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CniPathArgs {
+    /// The node's CNI configuration folder.
+    #[arg(long, value_name = "DIR", default_value = "/etc/cni/net.d")]
+    pub conf_dir: PathBuf,
+    /// The node's CNI plugin folder.
+    #[arg(long, value_name = "DIR", default_value = "/opt/cni/bin")]
+    pub bin_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CniInstallArgs {
+    #[command(flatten)]
+    pub paths: CniPathArgs,
+    /// The plugin binary to copy (in the image: /bpfmasq-cni).
+    #[arg(long, value_name = "FILE", default_value = "/bpfmasq-cni")]
+    pub plugin: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -410,6 +450,15 @@ impl From<&TraceArgs> for TraceOptions {
                 port: args.port,
             },
             count: args.count,
+        }
+    }
+}
+
+impl From<CniPathArgs> for CniPaths {
+    fn from(args: CniPathArgs) -> Self {
+        Self {
+            conf_dir: args.conf_dir,
+            bin_dir: args.bin_dir,
         }
     }
 }

@@ -7,13 +7,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use bpfmasq::{
-    daemon,
+    cni_config, daemon,
     datapath::{self, verifier::Rejection},
     inspect, lab,
     netns::NetNs,
 };
 use clap::Parser as _;
-use cli::{Cli, Command, ConntrackCommand, LabCommand};
+use cli::{Cli, CniConfigCommand, Command, ConntrackCommand, LabCommand};
 
 fn main() -> ExitCode {
     // Like any Unix filter: `bpfmasq conntrack list | head` ends quietly.
@@ -124,5 +124,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
             inspect::trace(cli.netns.as_deref(), &args.instance.into(), &options).await
         }
         Command::Probe(args) => inspect::probe(args.json),
+        Command::CniConfig(CniConfigCommand::Install(args)) => {
+            cni_config::install(&args.paths.into(), &args.plugin)
+        }
+        Command::CniConfig(CniConfigCommand::Remove(args)) => cni_config::remove(&args.into()),
+        Command::MountBpffs => datapath::bpffs::ensure_mounted(),
     }
 }
