@@ -1,6 +1,7 @@
 //! One reading of the datapath for a scrape: every counter, the flows by
-//! protocol and state, the conntrack table's fill, every bounded map's fill
-//! and the most-used destinations' share of the port range. Read from the
+//! protocol and state, the conntrack table's fill, every bounded map's fill,
+//! the most-used destinations' share of the port range, and the flows and
+//! bytes of each container the CNI plugin recorded. Read from the
 //! pinned maps, like `stats`, `conntrack` and `status`, then encoded as
 //! Prometheus families.
 
@@ -24,7 +25,7 @@ use crate::{
         flows::{FlowView, snapshot},
         instance::Instance,
         map_fill::{self, MapFill},
-        pinned,
+        pinned, pods,
     },
     inspect::counter_totals,
 };
@@ -45,7 +46,23 @@ pub struct Sample {
     maps: Vec<MapFill>,
     /// (protocol, destination, ratio), most used first.
     port_usage: Vec<(&'static str, String, f64)>,
+    /// Per container the CNI plugin recorded: (short id, interface, flows,
+    /// bytes out, bytes in). One series set per container: bounded by the
+    /// containers on the host, gone with the container's DEL.
+    containers: Vec<ContainerUsage>,
 }
+
+#[derive(Debug)]
+struct ContainerUsage {
+    id: String,
+    ifname: String,
+    flows: u64,
+    bytes_out: u64,
+    bytes_in: u64,
+}
+
+/// Container ids in labels: Docker's and podman's short form.
+const SHORT_ID: usize = 12;
 
 /// The states a flow of each protocol can be in (`flow_state`).
 const STATES: [(&str, &[FlowState]); 3] = [
@@ -61,7 +78,10 @@ const STATES: [(&str, &[FlowState]); 3] = [
             FlowState::TcpClose,
         ],
     ),
-    ("udp", &[FlowState::Unreplied, FlowState::Replied]),
+    (
+        "udp",
+        &[FlowState::Unreplied, FlowState::Replied, FlowState::Stream],
+    ),
     ("icmp", &[FlowState::Unreplied, FlowState::Replied]),
 ];
 
@@ -91,6 +111,7 @@ impl Sample {
                 .or_default() += 1;
         }
         let maps = map_fill::bounded_maps(instance, config.attach_mode(), snapshot.entries)?;
+        let containers = container_usage(instance, &snapshot.flows)?;
         Ok(Self {
             counters,
             flows,
@@ -98,8 +119,31 @@ impl Sample {
             conntrack_capacity: u64::from(table.map().info()?.max_entries()),
             maps,
             port_usage: port_usage(&snapshot.flows, config.port_min, config.port_max),
+            containers,
         })
     }
+}
+
+/// Flows and bytes of each container the CNI plugin recorded (none when
+/// the datapath was attached without it).
+fn container_usage(instance: &Instance, flows: &[FlowView]) -> Result<Vec<ContainerUsage>> {
+    let recorded = match pods::open(instance) {
+        Ok(map) => pods::containers(&map)?,
+        Err(_) => return Ok(Vec::new()),
+    };
+    Ok(recorded
+        .iter()
+        .map(|container| {
+            let own = pods::flows_of(flows, &container.raw_ips());
+            ContainerUsage {
+                id: container.container_id.chars().take(SHORT_ID).collect(),
+                ifname: container.ifname.clone(),
+                flows: own.len() as u64,
+                bytes_out: own.iter().map(|f| f.original.bytes).sum(),
+                bytes_in: own.iter().map(|f| f.reply.map_or(0, |r| r.bytes)).sum(),
+            }
+        })
+        .collect())
 }
 
 /// The [`TOP_DESTINATIONS`] destinations with the most ports of the range
@@ -270,6 +314,40 @@ impl Sample {
                 ])?
                 .encode_gauge(ratio)?;
         }
+        self.encode_containers(encoder)
+    }
+
+    fn encode_containers(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut flows = encoder.encode_descriptor(
+            "container_flows",
+            "Flows of each container the CNI plugin attached (by its 12-character id and interface)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for c in &self.containers {
+            flows
+                .encode_family(&[("container", c.id.as_str()), ("ifname", c.ifname.as_str())])?
+                .encode_gauge(&c.flows)?;
+        }
+        // A gauge, not a counter: the bytes of the container's flows now in
+        // the table, which drop when flows expire.
+        let mut bytes = encoder.encode_descriptor(
+            "container_flow_bytes",
+            "Bytes of the flows of each container now in the table, by direction (out: from the container)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for c in &self.containers {
+            for (direction, value) in [("out", c.bytes_out), ("in", c.bytes_in)] {
+                bytes
+                    .encode_family(&[
+                        ("container", c.id.as_str()),
+                        ("ifname", c.ifname.as_str()),
+                        ("direction", direction),
+                    ])?
+                    .encode_gauge(&value)?;
+            }
+        }
         Ok(())
     }
 }
@@ -351,7 +429,7 @@ mod tests {
     }
 
     #[test]
-    fn every_counter_is_exported_under_its_family() {
+    fn every_counter_and_every_container_is_exported() {
         let sample = Sample {
             counters: Counter::ALL.iter().map(|&c| (c, 0)).collect(),
             flows: BTreeMap::new(),
@@ -359,6 +437,13 @@ mod tests {
             conntrack_capacity: 0,
             maps: Vec::new(),
             port_usage: Vec::new(),
+            containers: vec![ContainerUsage {
+                id: "3f2a9c1b7d4e".to_owned(),
+                ifname: "eth0".to_owned(),
+                flows: 2,
+                bytes_out: 10,
+                bytes_in: 20,
+            }],
         };
         let mut registry = prometheus_client::registry::Registry::with_prefix("bpfmasq");
         registry.register_collector(Box::new(sample));
@@ -375,6 +460,12 @@ mod tests {
                 "{} missing: no `{series}` in\n{text}",
                 counter.name()
             );
+        }
+        for series in [
+            "bpfmasq_container_flows{container=\"3f2a9c1b7d4e\",ifname=\"eth0\"} 2\n",
+            "bpfmasq_container_flow_bytes{container=\"3f2a9c1b7d4e\",ifname=\"eth0\",direction=\"in\"} 20\n",
+        ] {
+            assert!(text.contains(series), "no `{series}` in\n{text}");
         }
     }
 }
