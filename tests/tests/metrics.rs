@@ -163,7 +163,8 @@ fn prometheus_sees_the_packets_sent_through_the_nat_and_the_flows_conntrack_coun
     assert_eq!(count, 3, "three sockets, three flows");
     assert_eq!(conntrack_count(&lab, &["--proto", "udp"]), 3);
     assert_eq!(
-        prometheus.value(r#"bpfmasq_flows{protocol="udp",state="REPLIED"}"#),
+        // Answered: REPLIED after one answer, STREAM once traffic followed it.
+        prometheus.value(r#"sum(bpfmasq_flows{protocol="udp",state=~"REPLIED|STREAM"})"#),
         Some(3.0)
     );
     assert_eq!(prometheus.value("bpfmasq_conntrack_entries"), Some(6.0));
