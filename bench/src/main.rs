@@ -21,6 +21,7 @@ mod plan;
 mod proc;
 mod report;
 mod stats;
+mod variants;
 mod workloads;
 
 use std::{
@@ -687,34 +688,12 @@ struct Active {
 
 impl Active {
     fn setup(lab: &BenchLab, block: &Block, backend: IptablesBackend) -> Result<Self> {
-        let mut active = Self {
+        let programs = variants::of(block.variant).set_up(lab, block.scale)?;
+        let active = Self {
             variant: block.variant,
-            programs: None,
+            programs,
             host_ns: lab.host.name().to_owned(),
         };
-        let n = block.scale;
-        match block.variant {
-            Variant::Routed => lab.add_return_route()?,
-            Variant::Iptables => netfilter::setup_iptables(&lab.host, n, lab.scratch.path())?,
-            Variant::Nftables => {
-                netfilter::setup_nftables(&lab.host, n, false, lab.scratch.path())?
-            }
-            Variant::NftablesFlowtable => {
-                netfilter::setup_nftables(&lab.host, n, true, lab.scratch.path())?
-            }
-            Variant::Bpfmasq | Variant::BpfmasqFast => {
-                bpf::attach(&lab.host, block.variant == Variant::BpfmasqFast)?;
-                bpf::register_containers(&lab.host, n)?;
-                let entries = bpf::count_entries(&lab.host)?;
-                if entries != 2 * n as usize {
-                    bail!(
-                        "the conntrack map holds {entries} entries, expected {}",
-                        2 * n
-                    );
-                }
-                active.programs = Some(bpf::program_ids(&lab.host)?);
-            }
-        }
         if let Err(e) = workloads::check_path(lab) {
             // Undo what was set up before reporting.
             let _ = active.teardown(lab, backend);
@@ -724,41 +703,18 @@ impl Active {
     }
 
     fn teardown(self, lab: &BenchLab, backend: IptablesBackend) -> Result<()> {
-        match self.variant {
-            Variant::Routed => lab.delete_return_route(),
-            Variant::Iptables | Variant::Nftables | Variant::NftablesFlowtable => {
-                netfilter::flush(&lab.host, backend)
-            }
-            Variant::Bpfmasq | Variant::BpfmasqFast => bpf::detach(&lab.host),
-        }
+        variants::of(self.variant).tear_down(lab, backend)
     }
 
     fn trial(&self, lab: &BenchLab) -> Result<netfilter::Trial> {
-        match self.variant {
-            Variant::Routed => bail!("routing has no per-container NAT"),
-            Variant::Iptables => netfilter::iptables_trial(&lab.host),
-            Variant::Nftables | Variant::NftablesFlowtable => netfilter::nft_trial(&lab.host),
-            Variant::Bpfmasq | Variant::BpfmasqFast => bpf::trial(&lab.host),
-        }
+        variants::of(self.variant).trial(lab)
     }
 
     fn trial_description(&self) -> String {
-        let what = match self.variant {
-            Variant::Routed => "nothing",
-            Variant::Iptables => {
-                "add: iptables -t nat -N CNI-x; -A CNI-x (ACCEPT); -A CNI-x (MASQUERADE); -A POSTROUTING -j CNI-x \
-                 / remove: -D POSTROUTING; -F CNI-x; -X CNI-x (one iptables invocation each)"
-            }
-            Variant::Nftables | Variant::NftablesFlowtable => {
-                "add: nft add rule / remove: nft -a list chain (find the handle by comment); nft delete rule handle H"
-            }
-            Variant::Bpfmasq | Variant::BpfmasqFast => {
-                "add: open the pinned CONNTRACK map, insert one flow's two entries / remove: open, delete both"
-            }
-        };
         format!(
-            "[{}] {what}; median of {CONTROL_TRIALS} trials",
-            self.host_ns
+            "[{}] {}; median of {CONTROL_TRIALS} trials",
+            self.host_ns,
+            variants::of(self.variant).trial_description()
         )
     }
 }
