@@ -288,15 +288,8 @@ pub async fn attach(netns: Option<&str>, args: &AttachOptions) -> Result<()> {
     datapath::refuse_if_attached(&instance, netns)?;
     let (_, config, report) = attach_fresh(&netlink, &instance, &resolved, args.link_type).await?;
     println!(
-        "attached to {} and {} ({:?}): masquerading {} to {} (ports {}), fast path {}, pinned in {}",
-        resolved.uplink,
-        resolved.bridge,
-        config.attach_mode(),
-        resolved.pod_cidr,
-        resolved.nat_addr,
-        resolved.ports,
-        datapath::fast_path_state(args.fast_path, &resolved),
-        instance.dir().display()
+        "{}",
+        datapath::attached_line(&instance, &resolved, &config, args.fast_path)
     );
     println!("{}", report.describe());
     Ok(())

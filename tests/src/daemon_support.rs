@@ -23,7 +23,7 @@ use crate::{
     lab::Lab,
     product::bin,
     tcp::{self, TcpServer},
-    topology::{HOST, HOST_UPLINK_ADDR, OUT, OUTSIDE_ADDR, UPLINK, container},
+    topology::{HOST_UPLINK_ADDR, OUT, OUTSIDE_ADDR, container},
 };
 
 /// How long a daemon may take to say it started, or to stop after a signal.
@@ -351,24 +351,7 @@ pub fn sigkill_mid_transfer_then_adopt_with(
     launcher: &dyn DaemonLauncher,
 ) {
     let out_tcp = SocketAddrV4::new(OUTSIDE_ADDR, transfer.port);
-    lab.exec_ok(
-        HOST,
-        &[
-            "tc",
-            "qdisc",
-            "add",
-            "dev",
-            UPLINK,
-            "root",
-            "tbf",
-            "rate",
-            transfer.rate,
-            "burst",
-            "256kb",
-            "latency",
-            "200ms",
-        ],
-    );
+    lab.limit_uplink(transfer.rate);
     let (mut first, line) = launcher.start(lab);
     assert!(line.contains("attached to"), "first run: {line}");
     let ids_before = program_ids(lab);

@@ -140,6 +140,19 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Limits the host's uplink to `rate` (a tc rate, e.g. `40mbit`) with a
+    /// token bucket, so that a transfer is still running when a test acts
+    /// in the middle of it. Goes with the lab.
+    pub fn limit_uplink(&self, rate: &str) {
+        self.exec_ok(
+            HOST,
+            &[
+                "tc", "qdisc", "add", "dev", UPLINK, "root", "tbf", "rate", rate, "burst", "256kb",
+                "latency", "200ms",
+            ],
+        );
+    }
+
     /// The lab's namespaces that currently exist.
     pub fn namespaces(&self) -> Vec<String> {
         let prefix = format!("{}-", self.name);

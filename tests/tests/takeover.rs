@@ -36,7 +36,7 @@ use bpfmasq_e2e::{
     process::{self, describe},
     product,
     tcp::{self, TcpServer},
-    topology::{HOST, HOST_UPLINK_ADDR, OUT, OUTSIDE_ADDR, UPLINK, container, container_addr},
+    topology::{HOST, HOST_UPLINK_ADDR, OUT, OUTSIDE_ADDR, container, container_addr},
     udp::{self, UdpEchoServer},
 };
 use serde_json::Value;
@@ -116,28 +116,6 @@ fn nf_nat_of(entries: &[SnatEntry], pod: SocketAddrV4, peer: SocketAddrV4) -> Op
         .map(|e| e.nat)
 }
 
-/// Limits the lab host's uplink to [`UPLINK_RATE`].
-fn shape_uplink(lab: &Lab) {
-    lab.exec_ok(
-        HOST,
-        &[
-            "tc",
-            "qdisc",
-            "add",
-            "dev",
-            UPLINK,
-            "root",
-            "tbf",
-            "rate",
-            UPLINK_RATE,
-            "burst",
-            "256kb",
-            "latency",
-            "200ms",
-        ],
-    );
-}
-
 /// `attach --takeover` with the suite's fast-path mode; the guard and stdout.
 fn takeover(lab: &Lab) -> (Datapath<'_>, String) {
     let out = try_attach(lab, &["--takeover"]);
@@ -187,7 +165,7 @@ fn translated(flow: &Value) -> SocketAddrV4 {
 fn takeover_mid_transfer(id: &str, shape: Shape) {
     let lab = Lab::up(id, 2);
     shape.install(&lab);
-    shape_uplink(&lab);
+    lab.limit_uplink(UPLINK_RATE);
     let upload_server = SocketAddrV4::new(OUTSIDE_ADDR, UPLOAD_PORT);
     let idle_server = SocketAddrV4::new(OUTSIDE_ADDR, IDLE_PORT);
     let udp_server = SocketAddrV4::new(OUTSIDE_ADDR, UDP_PORT);
@@ -394,7 +372,7 @@ fn takeover_from_nftables_mid_transfer_keeps_every_connection_and_its_nat_port()
 fn handback_mid_transfer(id: &str, shape: Shape) {
     let lab = Lab::up(id, 1);
     shape.install(&lab);
-    shape_uplink(&lab);
+    lab.limit_uplink(UPLINK_RATE);
     let (dp, said) = takeover(&lab);
     assert!(said.contains("nothing imported"), "{said}");
     assert_eq!(shape.rules(&lab), None);

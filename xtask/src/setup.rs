@@ -238,15 +238,7 @@ fn ensure_virtme_ng() -> Result<PathBuf> {
             venv.display()
         )),
     }
-    // --clear: a venv left by an older python or a broken install starts afresh.
-    Cmd::new("/usr/bin/python3")
-        .args(["-m", "venv", "--clear"])
-        .arg(&venv)
-        .run()?;
-    Cmd::new(bin_dir.join("pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check"])
-        .arg(format!("virtme-ng=={VIRTME_NG_VERSION}"))
-        .run()?;
+    install_in_venv(&venv, &format!("virtme-ng=={VIRTME_NG_VERSION}"))?;
     match virtme_ng_version(&bin_dir) {
         Some(have) if have == VIRTME_NG_VERSION => {
             ui::ok(&format!("virtme-ng {have}"));
@@ -275,16 +267,10 @@ pub fn ensure_kubernetes_validate() -> Result<PathBuf> {
         ui::ok(&format!("installed in {}", venv.display()));
         return Ok(bin_dir);
     }
-    Cmd::new("/usr/bin/python3")
-        .args(["-m", "venv", "--clear"])
-        .arg(&venv)
-        .run()?;
-    Cmd::new(bin_dir.join("pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check"])
-        .arg(format!(
-            "kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"
-        ))
-        .run()?;
+    install_in_venv(
+        &venv,
+        &format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"),
+    )?;
     match version() {
         Some(have) if have == KUBERNETES_VALIDATE_VERSION => {
             ui::ok("installed");
@@ -292,6 +278,19 @@ pub fn ensure_kubernetes_validate() -> Result<PathBuf> {
         }
         other => bail!("kubernetes-validate still not usable after installing it ({other:?})"),
     }
+}
+
+/// A fresh venv at `venv` with `requirement` (`name==version`) from PyPI.
+/// `--clear`: a venv left by an older python or a broken install starts afresh.
+fn install_in_venv(venv: &Path, requirement: &str) -> Result<()> {
+    Cmd::new("/usr/bin/python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(venv)
+        .run()?;
+    Cmd::new(venv.join("bin").join("pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .arg(requirement)
+        .run()
 }
 
 /// `~/.cache/bpfmasq/kubernetes-validate`.

@@ -60,6 +60,24 @@ pub async fn attach(netns: Option<&str>, args: &AttachOptions) -> Result<()> {
     refuse_if_attached(&instance, netns)?;
     let (_, config) = attach_fresh(&netlink, &instance, &resolved, args.link_type).await?;
     println!(
+        "{}",
+        attached_line(&instance, &resolved, &config, args.fast_path)
+    );
+    eprintln!(
+        "note: nothing maintains this datapath until `bpfmasq run` adopts it: flows never \
+         expire (a full table refuses new ones) and a new uplink address is not followed"
+    );
+    Ok(())
+}
+
+/// What `attach` says once the datapath is attached.
+pub fn attached_line(
+    instance: &Instance,
+    resolved: &Resolved,
+    config: &NatConfig,
+    asked_fast_path: bool,
+) -> String {
+    format!(
         "attached to {} and {} ({:?}): masquerading {} to {} (ports {}), fast path {}, pinned in {}",
         resolved.uplink,
         resolved.bridge,
@@ -67,14 +85,9 @@ pub async fn attach(netns: Option<&str>, args: &AttachOptions) -> Result<()> {
         resolved.pod_cidr,
         resolved.nat_addr,
         resolved.ports,
-        fast_path_state(args.fast_path, &resolved),
+        fast_path_state(asked_fast_path, resolved),
         instance.dir().display()
-    );
-    eprintln!(
-        "note: nothing maintains this datapath until `bpfmasq run` adopts it: flows never \
-         expire (a full table refuses new ones) and a new uplink address is not followed"
-    );
-    Ok(())
+    )
 }
 
 /// Fails if `instance` already has a datapath (`attach` never replaces one).
