@@ -19,7 +19,10 @@ use anyhow::{Context as _, Result, bail};
 use super::proc::NsCommand;
 use bpfmasq::{
     lab::{BRIDGE, POD_SUBNET, UPLINK},
-    netfilter::cni::{self, Container, IFNAME, NET_NAME, NFT_CHAIN, NFT_TABLE, nft_comment},
+    netfilter::{
+        cni::{self, Container, IFNAME, NET_NAME, NFT_CHAIN, NFT_TABLE, nft_comment},
+        ctnetlink::Ctnetlink,
+    },
     netns::NetNs,
 };
 
@@ -155,96 +158,8 @@ pub fn flush(ns: &NetNs, backend: IptablesBackend) -> Result<()> {
 /// connection-rate sample), so variants do not inherit each other's state
 /// and the table never fills up over a run.
 pub fn flush_conntrack(ns: &NetNs) -> Result<()> {
-    ns.run(ctnetlink_flush)?
+    ns.run(|| Ctnetlink::open()?.flush())?
         .with_context(|| format!("flushing the conntrack table in `{}`", ns.name()))
-}
-
-fn ctnetlink_flush() -> std::io::Result<()> {
-    use std::{
-        io,
-        mem::size_of,
-        os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    };
-
-    /// enum cntl_msg_types: IPCTNL_MSG_CT_DELETE.
-    const IPCTNL_MSG_CT_DELETE: u16 = 2;
-    #[repr(C)]
-    struct Request {
-        header: libc::nlmsghdr,
-        // struct nfgenmsg
-        family: u8,
-        version: u8,
-        res_id: u16,
-    }
-    /// struct nlmsgerr, up to its error code (the echoed header may be cut).
-    #[repr(C)]
-    struct Ack {
-        header: libc::nlmsghdr,
-        error: i32,
-    }
-    // SAFETY: plain socket(2); the fd is owned right away.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_NETFILTER,
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh descriptor nothing else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(raw) };
-    let request = Request {
-        header: libc::nlmsghdr {
-            nlmsg_len: size_of::<Request>() as u32,
-            nlmsg_type: ((libc::NFNL_SUBSYS_CTNETLINK as u16) << 8) | IPCTNL_MSG_CT_DELETE,
-            nlmsg_flags: (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
-            nlmsg_seq: 1,
-            nlmsg_pid: 0,
-        },
-        family: libc::AF_INET as u8,
-        version: 0,
-        res_id: 0,
-    };
-    // SAFETY: sends exactly the bytes of `request` (repr(C), no padding read
-    // by the kernel beyond nlmsg_len); the kernel is the default destination.
-    let sent = unsafe {
-        libc::send(
-            socket.as_raw_fd(),
-            (&raw const request).cast(),
-            size_of::<Request>(),
-            0,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut buffer = [0u8; 512];
-    // SAFETY: receives into a buffer we own, of the given length.
-    let received = unsafe {
-        libc::recv(
-            socket.as_raw_fd(),
-            buffer.as_mut_ptr().cast(),
-            buffer.len(),
-            0,
-        )
-    };
-    if received < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if (received as usize) < size_of::<Ack>() {
-        return Err(io::Error::other("short ctnetlink answer"));
-    }
-    // SAFETY: the buffer holds at least an Ack's bytes; read unaligned.
-    let ack: Ack = unsafe { std::ptr::read_unaligned(buffer.as_ptr().cast()) };
-    if ack.header.nlmsg_type != libc::NLMSG_ERROR as u16 {
-        return Err(io::Error::other("unexpected ctnetlink answer"));
-    }
-    match ack.error {
-        0 => Ok(()),
-        e => Err(io::Error::from_raw_os_error(-e)),
-    }
 }
 
 /// One add/remove trial's durations.

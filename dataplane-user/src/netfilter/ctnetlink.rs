@@ -185,6 +185,12 @@ impl Ctnetlink {
         }
     }
 
+    /// Deletes every IPv4 entry (what `conntrack -F` does, one message).
+    pub fn flush(&mut self) -> Result<()> {
+        self.request(ConntrackMessage::Delete(Vec::new()), NLM_F_ACK, |_| {})
+            .context("flushing nf_conntrack through ctnetlink")
+    }
+
     /// Creates an entry for `entry`'s connection, source-NATed to
     /// `entry.nat`, as confirmed and (when it was answered) assured, TCP in
     /// `entry.tcp_state` with window tracking relaxed.
