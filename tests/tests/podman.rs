@@ -279,7 +279,8 @@ fn udp_from(lab: &Lab, c: u16, server: &UdpEchoServer) {
 }
 
 #[test]
-fn cni_del_is_idempotent_gc_forgets_unlisted_containers_and_bad_config_attaches_nothing() {
+fn cni_verbs_attach_once_del_idempotently_gc_and_reuse_addresses_clean_and_bad_config_attaches_nothing()
+ {
     let lab = Lab::up("cniverbs", 2);
     let scratch = std::env::temp_dir().join(format!("bpfmasq-e2e-cni-{}", lab.name()));
     std::fs::create_dir_all(&scratch).expect("scratch folder");
@@ -374,6 +375,15 @@ fn cni_del_is_idempotent_gc_forgets_unlisted_containers_and_bad_config_attaches_
     assert_eq!(ids, vec![json!("alive")]);
     assert_eq!(flows_from(&lab, &container_addr(1).to_string()), 0);
     assert_eq!(flows_from(&lab, &container_addr(2).to_string()), 1);
+
+    // An address handed to a new container while the old one's flows are
+    // still there (no DEL, no GC yet): ADD drops them first.
+    add("old", 1);
+    udp_from(&lab, 1, &server);
+    assert_eq!(flows_from(&lab, &container_addr(1).to_string()), 1);
+    add("new", 1);
+    assert_eq!(flows_from(&lab, &container_addr(1).to_string()), 0);
+    assert!(container_flows(&lab, "new").is_empty());
     ok(
         &call(&lab, &scratch, "STATUS", "", &conf(json!({}), None)),
         "STATUS",

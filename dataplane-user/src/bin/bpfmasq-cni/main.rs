@@ -27,7 +27,7 @@ fn read(stdin: &mut Vec<u8>) -> Result<Command, CniError> {
     let command = std::env::var("CNI_COMMAND").map_err(|_| {
         CniError::new(
             Code::INVALID_ENV,
-            "CNI_COMMAND is not set: bpfmasq-cni is run by a container runtime (see `bpfmasq --help`)",
+            "CNI_COMMAND is not set: bpfmasq-cni is a CNI plugin, run by a container runtime from a conflist (README: On a container host)",
         )
     })?;
     let command = Command::parse(&command)?;
