@@ -469,22 +469,54 @@ fn takeover_without_masquerade_rules_attaches_and_says_nothing_was_imported() {
     assert_eq!(*seen.seen_by_server.ip(), HOST_UPLINK_ADDR);
 }
 
+/// An idle connection from c1 to an echo server in the peer, masqueraded
+/// by the plugin's iptables rules (installed first).
+struct IdleConnection {
+    server: TcpServer<Vec<u8>>,
+    server_addr: SocketAddrV4,
+    pod: SocketAddrV4,
+    stream: TcpStream,
+    /// The NAT address and port netfilter gave it.
+    nat: SocketAddrV4,
+}
+
+impl IdleConnection {
+    fn open_through_iptables(lab: &Lab) -> Self {
+        Shape::Iptables.install(lab);
+        let server_addr = SocketAddrV4::new(OUTSIDE_ADDR, IDLE_PORT);
+        let server = TcpServer::spawn(
+            lab,
+            OUT,
+            server_addr,
+            1,
+            tcp::echo_lines("idle", Duration::from_secs(30)),
+        );
+        let pod = SocketAddrV4::new(container_addr(1), IDLE_SOURCE_PORT);
+        let mut stream =
+            tcp::connect(lab, &container(1), Some(pod), server_addr).expect("connection");
+        tcp::ask_line(&mut stream, b"before\n").expect("before");
+        let nat =
+            nf_nat_of(&nf_snat(lab), pod, server_addr).expect("netfilter NATs the connection");
+        Self {
+            server,
+            server_addr,
+            pod,
+            stream,
+            nat,
+        }
+    }
+}
+
 #[test]
 fn run_takeover_moves_a_live_connection_into_the_daemons_datapath() {
     let lab = Lab::up("tkrun", 1);
-    Shape::Iptables.install(&lab);
-    let server_addr = SocketAddrV4::new(OUTSIDE_ADDR, IDLE_PORT);
-    let server = TcpServer::spawn(
-        &lab,
-        OUT,
+    let IdleConnection {
+        server,
         server_addr,
-        1,
-        tcp::echo_lines("idle", Duration::from_secs(30)),
-    );
-    let pod = SocketAddrV4::new(container_addr(1), IDLE_SOURCE_PORT);
-    let mut stream = tcp::connect(&lab, &container(1), Some(pod), server_addr).expect("connection");
-    tcp::ask_line(&mut stream, b"before\n").expect("before");
-    let nat = nf_nat_of(&nf_snat(&lab), pod, server_addr).expect("netfilter NATs the connection");
+        pod,
+        mut stream,
+        nat,
+    } = IdleConnection::open_through_iptables(&lab);
 
     let (daemon, line) = Daemon::start(&lab, &["--takeover"]);
     assert!(line.contains("attached to"), "{line}");
@@ -511,19 +543,13 @@ fn run_takeover_moves_a_live_connection_into_the_daemons_datapath() {
 #[test]
 fn a_failed_conntrack_dump_changes_nothing() {
     let lab = Lab::up("tkfail", 1);
-    Shape::Iptables.install(&lab);
-    let server_addr = SocketAddrV4::new(OUTSIDE_ADDR, IDLE_PORT);
-    let server = TcpServer::spawn(
-        &lab,
-        OUT,
+    let IdleConnection {
+        server,
         server_addr,
-        1,
-        tcp::echo_lines("idle", Duration::from_secs(30)),
-    );
-    let pod = SocketAddrV4::new(container_addr(1), IDLE_SOURCE_PORT);
-    let mut stream = tcp::connect(&lab, &container(1), Some(pod), server_addr).expect("connection");
-    tcp::ask_line(&mut stream, b"before\n").expect("before");
-    let nat = nf_nat_of(&nf_snat(&lab), pod, server_addr).expect("netfilter NATs the connection");
+        pod,
+        mut stream,
+        nat,
+    } = IdleConnection::open_through_iptables(&lab);
 
     let args = attach_args(&lab, &["--takeover"]);
     let mut command = Command::new(product::bin());
