@@ -108,7 +108,7 @@ fn programs_after_bpfmasq_still_see_the_traffic_it_leaves_alone() {
         return;
     }
     let lab = Lab::up("hooknext", 1);
-    let _dp = Datapath::attach(&lab);
+    let dp = Datapath::attach(&lab);
     assert!(
         success(&ping(&lab, HOST, OUTSIDE_ADDR, 1, 2)).is_ok(),
         "the host cannot ping the peer with bpfmasq attached"
@@ -122,6 +122,8 @@ fn programs_after_bpfmasq_still_see_the_traffic_it_leaves_alone() {
     );
     drop(dropper);
     assert!(success(&ping(&lab, HOST, OUTSIDE_ADDR, 1, 2)).is_ok());
+    // bpfmasq saw those pings and left them on their way (to the dropper).
+    dp.assert_counter_at_least("passed_not_pod", 3);
 }
 
 /// `status` says whether a daemon maintains the datapath: none after a

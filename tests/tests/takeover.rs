@@ -505,6 +505,15 @@ impl IdleConnection {
             nat,
         }
     }
+
+    /// The server still answers on `stream` (the connection survived), then
+    /// both ends close.
+    fn still_answers(mut stream: TcpStream, server: TcpServer<Vec<u8>>) {
+        let answer = tcp::ask_line(&mut stream, b"after\n").expect("the connection still works");
+        assert_eq!(answer, echo::reply("idle", b"after\n"));
+        close(stream);
+        drop(server.join());
+    }
 }
 
 #[test]
@@ -514,7 +523,7 @@ fn run_takeover_moves_a_live_connection_into_the_daemons_datapath() {
         server,
         server_addr,
         pod,
-        mut stream,
+        stream,
         nat,
     } = IdleConnection::open_through_iptables(&lab);
 
@@ -534,10 +543,7 @@ fn run_takeover_moves_a_live_connection_into_the_daemons_datapath() {
     );
     let flow = flow_of(&lab, pod, server_addr).expect("the imported flow");
     assert_eq!(translated(&flow), nat, "{flow}");
-    let answer = tcp::ask_line(&mut stream, b"after\n").expect("the connection still works");
-    assert_eq!(answer, echo::reply("idle", b"after\n"));
-    close(stream);
-    drop(server.join());
+    IdleConnection::still_answers(stream, server);
 }
 
 #[test]
@@ -547,7 +553,7 @@ fn a_failed_conntrack_dump_changes_nothing() {
         server,
         server_addr,
         pod,
-        mut stream,
+        stream,
         nat,
     } = IdleConnection::open_through_iptables(&lab);
 
@@ -569,10 +575,7 @@ fn a_failed_conntrack_dump_changes_nothing() {
     assert!(!lab.pins_dir().exists(), "something was attached");
     assert!(Shape::Iptables.rules(&lab).is_some(), "a rule was removed");
     assert_eq!(nf_nat_of(&nf_snat(&lab), pod, server_addr), Some(nat));
-    let answer = tcp::ask_line(&mut stream, b"after\n").expect("the connection still works");
-    assert_eq!(answer, echo::reply("idle", b"after\n"));
-    close(stream);
-    drop(server.join());
+    IdleConnection::still_answers(stream, server);
     remove_rules(&lab, Shape::Iptables);
 }
 
