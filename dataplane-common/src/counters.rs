@@ -236,6 +236,9 @@ counters! {
     /// An unreplied flow removed to make room in a full table for a new
     /// one, as nf_conntrack's early drop does (never an answered flow).
     FlowsEarlyDropped = "flows_early_dropped" in FlowsEarlyDropped,
+    /// Dropped on a pod's bridge port: the source is not an address
+    /// recorded for that port (a pod sending as another).
+    DropSpoofedSourceOnBridge = "drop_spoofed_source_on_bridge" in Drops,
 }
 
 impl Counter {

@@ -42,6 +42,9 @@ pub const PROG_UPLINK_EGRESS: &str = "uplink_egress";
 pub const PROG_UPLINK_INGRESS: &str = "uplink_ingress";
 /// TC program on the bridge's ingress: the fast path out.
 pub const PROG_BRIDGE_INGRESS: &str = "bridge_ingress";
+/// TC program on each recorded pod's bridge port (host-side veth) ingress:
+/// the source check.
+pub const PROG_POD_PORT_INGRESS: &str = "pod_port_ingress";
 
 /// Capacity the eBPF object declares for `CONNTRACK`; the loader resizes it
 /// from `--ct-max` (two entries per flow).

@@ -1,7 +1,8 @@
 //! The containers a runtime attached through the CNI plugin (`PODS` map):
 //! one record per pod IPv4 address (network byte order, as [`crate::flow`]
-//! stores addresses). The host-side veth's ifindex comes first so the
-//! datapath can one day check a pod packet's bridge port with one lookup.
+//! stores addresses). The datapath's source check on each pod's bridge
+//! port looks its packets' sources up here: only the port recorded for an
+//! address may send with it.
 
 /// Bytes of a container id: podman, CRI-O and containerd use 64 hex digits.
 pub const CONTAINER_ID_LEN: usize = 64;

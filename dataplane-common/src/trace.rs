@@ -58,14 +58,16 @@ pub struct TraceEvent {
 }
 
 /// Program names by [`TraceEvent::program`].
-pub const PROGRAMS: [&str; 3] = [
+pub const PROGRAMS: [&str; 4] = [
     crate::maps::PROG_UPLINK_EGRESS,
     crate::maps::PROG_UPLINK_INGRESS,
     crate::maps::PROG_BRIDGE_INGRESS,
+    crate::maps::PROG_POD_PORT_INGRESS,
 ];
 pub const PROGRAM_UPLINK_EGRESS: u8 = 0;
 pub const PROGRAM_UPLINK_INGRESS: u8 = 1;
 pub const PROGRAM_BRIDGE_INGRESS: u8 = 2;
+pub const PROGRAM_POD_PORT_INGRESS: u8 = 3;
 
 /// The pin name of slot `slot`'s ring buffer.
 pub const fn ring_name(slot: u32) -> &'static str {

@@ -3,6 +3,8 @@
 //! thin entry points over the shared NAT core in [`nat`]. With the fast path
 //! on, the bridge's ingress program and the uplink's ingress program also
 //! forward pod traffic themselves, past the host's IP stack ([`fast_path`]).
+//! Each recorded pod's bridge port checks the sources it sends
+//! ([`source_check`]).
 #![no_std]
 #![no_main]
 
@@ -19,6 +21,7 @@ mod nat;
 mod offsets;
 mod packet;
 mod rewrite;
+mod source_check;
 mod tcp_window;
 mod trace;
 mod verdict;
@@ -73,6 +76,13 @@ fn unsnat_and_deliver(ctx: &TcContext) -> Outcome {
 #[classifier]
 pub fn bridge_ingress(ctx: TcContext) -> i32 {
     trace::run!(Program::BridgeIngress, &ctx, fast_path::forward_out(&ctx))
+}
+
+/// The source check on each recorded pod's bridge port (its host-side
+/// veth's ingress): a packet whose source is not that pod's is dropped.
+#[classifier]
+pub fn pod_port_ingress(ctx: TcContext) -> i32 {
+    trace::run!(Program::PodPortIngress, &ctx, source_check::check(&ctx))
 }
 
 #[cfg(not(test))]

@@ -72,6 +72,7 @@ pub enum Program {
     UplinkEgress = trace::PROGRAM_UPLINK_EGRESS,
     UplinkIngress = trace::PROGRAM_UPLINK_INGRESS,
     BridgeIngress = trace::PROGRAM_BRIDGE_INGRESS,
+    PodPortIngress = trace::PROGRAM_POD_PORT_INGRESS,
 }
 
 /// Counts the outcome (once) and turns it into the TC action.

@@ -1,7 +1,8 @@
 //! What a datapath has in a lab's host, as the kernel, tc and bpfmasq
 //! itself show it: pins, tcx programs, tc filters and clsact qdiscs on the
-//! uplink and the bridge, and whether `status` still finds a datapath. A
-//! detach must leave none of it.
+//! uplink and the bridge, tcx programs and tc filters on the containers'
+//! ports (their host-side veths), and whether `status` still finds a
+//! datapath. A detach must leave none of it.
 
 use std::{fmt, path::PathBuf};
 
@@ -13,6 +14,7 @@ use crate::{
     product::bpfmasq,
     topology::{BRIDGE, HOST, UPLINK},
 };
+use bpfmasq::lab::container_veth;
 
 /// Every hook the datapath could use: interface and direction.
 const HOOKS: [(&str, TcAttachType); 4] = [
@@ -46,15 +48,25 @@ impl Attachments {
         if lab.pins_dir().exists() {
             pins.push(lab.pins_dir());
         }
+        // A container's port keeps an empty clsact qdisc (it goes with the
+        // container): only its filter must go.
+        let ports: Vec<(String, TcAttachType)> = (1..=lab.containers())
+            .map(|i| (container_veth(i), TcAttachType::Ingress))
+            .collect();
+        let hooks: Vec<(&str, TcAttachType)> = HOOKS
+            .iter()
+            .copied()
+            .chain(ports.iter().map(|(iface, hook)| (iface.as_str(), *hook)))
+            .collect();
         let tcx_programs = if kernel::has_tcx() {
-            HOOKS
+            hooks
                 .iter()
                 .flat_map(|&hook| tcx_programs(lab, hook))
                 .collect()
         } else {
             Vec::new()
         };
-        let filters = HOOKS
+        let filters = hooks
             .iter()
             .filter_map(|&(iface, attach_type)| {
                 let dir = tc_direction(attach_type);

@@ -15,9 +15,11 @@
 //! request/response; ECONNREFUSED through a translated ICMP error; a
 //! datagram whose first fragment leaves last; `conntrack list` showing the
 //! flows made; the daemon adopting the pinned datapath after SIGKILL with a
-//! transfer in flight; and a detach that leaves nothing behind.
+//! transfer in flight; a detach that leaves nothing behind; and a pod's
+//! packets with another pod's address dropped on its bridge port.
 
 use std::{
+    collections::BTreeSet,
     net::{SocketAddr, SocketAddrV4, UdpSocket},
     time::Duration,
 };
@@ -32,11 +34,15 @@ use bpfmasq_e2e::{
     datapath::fast_path_mode,
     echo::{self, show},
     fragments,
+    frame::{Packet, Seen},
     icmp::ping,
+    inject::{Injector, mac_of},
     kernel, pattern,
     process::describe,
     tcp::{self, Transferred},
-    topology::{HOST_UPLINK_ADDR, OUT, OUTSIDE_ADDR, UPLINK, container, container_addr},
+    topology::{
+        BRIDGE, HOST, HOST_UPLINK_ADDR, OUT, OUTSIDE_ADDR, UPLINK, container, container_addr,
+    },
     udp::{self, UdpEchoServer},
 };
 use serde_json::Value;
@@ -139,13 +145,14 @@ fn find_flow<'a>(
 
 /// Asserts that `found` shows a datapath attached in `link_type` mode: the
 /// pins, and the three programs as tcx links or as tc filters under clsact
-/// qdiscs on the uplink and the bridge.
-fn assert_attached_as(link_type: &str, found: &Attachments) {
+/// qdiscs on the uplink and the bridge, and the source check on each of the
+/// lab's `ports` containers' ports.
+fn assert_attached_as(link_type: &str, ports: usize, found: &Attachments) {
     assert!(!found.pins.is_empty(), "attach pinned nothing:\n{found}");
     assert!(found.status_finds_one, "`status` finds nothing:\n{found}");
     let (tcx, filters, qdiscs) = match link_type {
-        "tcx" => (3, 0, 0),
-        "clsact" => (0, 3, 2),
+        "tcx" => (3 + ports, 0, 0),
+        "clsact" => (0, 3 + ports, 2),
         other => panic!("unknown link type {other}"),
     };
     assert!(
@@ -177,7 +184,7 @@ fn attach_takes_the_mode_this_kernel_supports() {
         hooks.len() == 3 && hooks.iter().all(|h| h["program_id"].as_u64().is_some()),
         "status should show the program of each of the three hooks: {status:#}"
     );
-    assert_attached_as(link_type, &Attachments::of(&lab));
+    assert_attached_as(link_type, 1, &Attachments::of(&lab));
     ping_the_peer(&lab, &dp);
 }
 
@@ -326,7 +333,7 @@ fn detach_leaves_no_pin_link_filter_or_qdisc() {
     let lab = Lab::up("pt-dtach", 1);
     let dp = Datapath::attach(&lab);
     ping_the_peer(&lab, &dp);
-    assert_attached_as(kernel::expected_link_type(), &Attachments::of(&lab));
+    assert_attached_as(kernel::expected_link_type(), 1, &Attachments::of(&lab));
 
     dp.detach();
     let left = Attachments::of(&lab);
@@ -338,3 +345,67 @@ fn detach_leaves_no_pin_link_filter_or_qdisc() {
         describe(&out)
     );
 }
+
+/// c1 sends as c2 (c2's address, on c2's live flow, on a new flow, and a
+/// TCP SYN as c2): c1's bridge port drops all of it, so the peer receives
+/// only what c1 and c2 sent as themselves, and c2's flow still answers.
+/// (Before, each was masqueraded as c2's.)
+#[test]
+fn a_pod_sending_with_another_pods_address_is_dropped_on_its_port() {
+    let lab = Lab::up("pt-spoof", 2);
+    let dp = Datapath::attach(&lab);
+    let checked = host_json(&lab, &["status", "--json"])["source_checked_ports"].clone();
+    assert_eq!(checked, 2, "both lab containers' ports are checked");
+    let server = UdpEchoServer::spawn(&lab, OUT, out_udp(), "out");
+    let c2_port = SocketAddrV4::new(container_addr(2), 4002);
+    let c2 = udp::bind(&lab, &container(2), c2_port).expect("binding in c2");
+    udp::request(&c2, out_udp(), b"c2 first").expect("c2's first exchange");
+
+    let capture = Capture::start_keeping(&lab, OUT, UPLINK);
+    let injector = Injector::open(&lab, &container(1), UPLINK);
+    let bridge_mac = mac_of(&lab, HOST, BRIDGE);
+    let as_c2 = [
+        Packet::udp(container_addr(2), OUTSIDE_ADDR, c2_port.port(), UDP_PORT),
+        Packet::udp(container_addr(2), OUTSIDE_ADDR, SPOOFED_PORT, UDP_PORT),
+        Packet::tcp(
+            container_addr(2),
+            OUTSIDE_ADDR,
+            SPOOFED_PORT,
+            TCP_PORT,
+            TCP_SYN,
+        ),
+    ];
+    for packet in &as_c2 {
+        injector.send(&packet.frame(injector.mac, bridge_mac));
+    }
+    let c1_port = SocketAddrV4::new(container_addr(1), 4001);
+    udp::exchange(&lab, &container(1), c1_port, out_udp(), b"c1 itself")
+        .expect("c1's own exchange");
+    let reply = udp::request(&c2, out_udp(), b"c2 again")
+        .unwrap_or_else(|e| panic!("c2's flow stopped answering: {e}\n{}", dp.diagnostics()));
+    assert_eq!(reply, echo::reply("out", b"c2 again"));
+
+    let received: BTreeSet<Vec<u8>> = server.stop().into_iter().map(|r| r.payload).collect();
+    let own: BTreeSet<Vec<u8>> = [&b"c2 first"[..], b"c1 itself", b"c2 again"]
+        .iter()
+        .map(|p| p.to_vec())
+        .collect();
+    assert_eq!(received, own, "the peer received datagrams c1 sent as c2");
+    let spoofed: Vec<Seen> = capture
+        .stop()
+        .kept
+        .iter()
+        .filter_map(|f| Seen::parse(f))
+        .filter(|s| s.proto == IPPROTO_TCP || s.ports.map(|p| p.0) == Some(SPOOFED_PORT))
+        .collect();
+    assert!(
+        spoofed.is_empty(),
+        "c1's packets as c2 reached the peer: {spoofed:?}"
+    );
+    dp.assert_counter_at_least("drop_spoofed_source_on_bridge", as_c2.len() as u64);
+}
+
+/// The source port of c1's packets sent as c2 outside c2's flow.
+const SPOOFED_PORT: u16 = 4999;
+const TCP_SYN: u8 = 0x02;
+const IPPROTO_TCP: u8 = 6;

@@ -21,6 +21,7 @@ use crate::{
         options::{AttachOptions, LinkType, Resolved},
         pinned,
         pods::{self, raw},
+        ports::{self, Port},
     },
     netlink::Netlink,
 };
@@ -83,6 +84,8 @@ pub async fn add(conf: &NetConf, who: &Attachment) -> Result<serde_json::Value, 
         link_type: LinkType::Auto,
         fast_path: options.fast_path,
         takeover: false,
+        // This ADD records its own container once attached.
+        known_containers: Vec::new(),
     };
     let instance = ensure_attached(&netlink, &options).await?;
 
@@ -106,6 +109,17 @@ pub async fn add(conf: &NetConf, who: &Attachment) -> Result<serde_json::Value, 
         "removing flows left on the container's address",
     )?;
     pods::insert(&mut map, &addrs, &record).or_cni(Code::STATE, "recording the container")?;
+    if host.veth_ifindex != 0 {
+        let mode = pinned::read_config(&instance)
+            .or_cni(Code::STATE, "reading the datapath's configuration")?
+            .attach_mode();
+        let port = Port {
+            name: &host.veth,
+            index: host.veth_ifindex,
+        };
+        ports::attach(&instance, mode, port)
+            .or_cni(Code::ATTACH_FAILED, "checking the container's sources")?;
+    }
 
     let mut result = conf.prev_result.clone().unwrap_or_default();
     if let Some(object) = result.as_object_mut() {
@@ -149,6 +163,11 @@ pub fn del(conf: &NetConf, who: &Attachment) -> Result<(), CniError> {
         ips.extend(prev_ips.iter().filter(|ip| !others.contains(ip)));
         ips.sort_unstable();
         ips.dedup();
+        let leaving: Vec<&pods::Container> = known
+            .iter()
+            .filter(|c| c.is(&who.container_id, &who.ifname))
+            .collect();
+        detach_ports(&instance, &leaving)?;
         pods::remove_flows_of(&instance, &ips)
             .or_cni(Code::STATE, "removing the container's flows")?;
         pods::forget(&map, &ips).or_cni(Code::STATE, "forgetting the container")?;
@@ -256,14 +275,30 @@ pub async fn gc(conf: &NetConf) -> Result<(), CniError> {
         return Ok(()); // never attached: nothing recorded
     };
     let known = pods::containers(&map).or_cni(Code::STATE, "reading the container records")?;
-    let stale: Vec<u32> = known
+    let stale_containers: Vec<&pods::Container> = known
         .iter()
         .filter(|c| !valid.iter().any(|v| c.is(&v.container_id, &v.ifname)))
-        .flat_map(pods::Container::raw_ips)
         .collect();
+    detach_ports(&instance, &stale_containers)?;
+    let stale: Vec<u32> = stale_containers.iter().flat_map(|c| c.raw_ips()).collect();
     pods::remove_flows_of(&instance, &stale)
         .or_cni(Code::STATE, "removing stale containers' flows")?;
     pods::forget(&map, &stale).or_cni(Code::STATE, "forgetting stale containers")
+}
+
+/// Takes the source check off the ports of containers about to be forgotten.
+fn detach_ports(instance: &Instance, containers: &[&pods::Container]) -> Result<(), CniError> {
+    let mode = pinned::read_config(instance)
+        .or_cni(Code::STATE, "reading the datapath's configuration")?
+        .attach_mode();
+    for c in containers.iter().filter(|c| c.host_ifindex != 0) {
+        let port = Port {
+            name: &c.host_veth,
+            index: c.host_ifindex,
+        };
+        ports::detach(instance, mode, port).or_cni(Code::STATE, "removing a source check")?;
+    }
+    Ok(())
 }
 
 fn connect() -> Result<Netlink, CniError> {

@@ -92,11 +92,13 @@ fn load_program(ebpf: &mut Ebpf, name: &str, kernel: &Kernel) -> Result<Budget> 
     })
 }
 
-/// The object's TC programs: uplink egress, uplink ingress, bridge ingress.
-pub const PROGRAMS: [&str; 3] = [
+/// The object's TC programs: the three hooks' (uplink egress, uplink
+/// ingress, bridge ingress), then the pods' ports' source check.
+pub const PROGRAMS: [&str; 4] = [
     maps::PROG_UPLINK_EGRESS,
     maps::PROG_UPLINK_INGRESS,
     maps::PROG_BRIDGE_INGRESS,
+    maps::PROG_POD_PORT_INGRESS,
 ];
 
 /// A TC program of the object, by name.
@@ -144,7 +146,7 @@ pub fn configure(ebpf: &mut Ebpf, config: &NatConfig, resolved: &Resolved) -> Re
     Ok(())
 }
 
-/// The kernel's ids of the loaded programs, in [`PROGRAMS`] order.
+/// The kernel's ids of the three hooks' programs, in [`PROGRAMS`] order.
 pub fn program_ids(ebpf: &mut Ebpf) -> Result<[u32; 3]> {
     let mut ids = [0; 3];
     for (id, name) in ids.iter_mut().zip(PROGRAMS) {

@@ -15,6 +15,7 @@ pub mod options;
 pub mod pinned;
 pub mod pod_flows;
 pub mod pods;
+pub mod ports;
 pub mod sys;
 pub mod tc;
 pub mod verifier;
@@ -132,6 +133,7 @@ pub async fn attach_fresh(
     };
 
     let mut ebpf = loader::load(instance, resolved)?;
+    ports::pin_program(&mut ebpf, instance)?;
     let mut config = resolved.nat_config();
     loader::configure(&mut ebpf, &config, resolved)?;
     let ifaces = Interfaces::resolved(resolved);
@@ -145,7 +147,11 @@ pub async fn attach_fresh(
     )
     .await?;
     record.store_in(&mut config);
-    if let Err(e) = loader::write_config(&mut ebpf, &config) {
+    let configured = loader::write_config(&mut ebpf, &config).and_then(|()| {
+        ports::record_known(instance, config.attach_mode(), &resolved.known_containers)
+    });
+    if let Err(e) = configured {
+        let _ = ports::detach_recorded(instance, config.attach_mode());
         let _ = tc::detach(netlink, instance, &ifaces, &record).await;
         return Err(e);
     }
@@ -158,7 +164,8 @@ pub async fn attach_fresh(
 /// maps pinned by name, so flows and counters are kept) and writes
 /// `resolved`'s configuration into them, keeping what cannot change under a
 /// running datapath: how it is attached and the table's size. The second
-/// half is [`tc::replace`], which swaps the programs in.
+/// half is [`tc::replace`], which swaps the programs in. The recorded
+/// containers' ports get the new source check here.
 pub fn load_adopting(
     instance: &Instance,
     resolved: &Resolved,
@@ -169,6 +176,9 @@ pub fn load_adopting(
     config.ct_max = pinned.ct_max;
     AttachRecord::from_config(pinned).store_in(&mut config);
     loader::configure(&mut ebpf, &config, resolved)?;
+    ports::pin_program(&mut ebpf, instance)?;
+    ports::record_known(instance, pinned.attach_mode(), &resolved.known_containers)?;
+    ports::attach_recorded(instance, pinned.attach_mode())?;
     Ok((ebpf, config))
 }
 
@@ -216,6 +226,7 @@ pub async fn detach_instance(netlink: &Netlink, instance: &Instance) -> Result<(
         };
         errors.extend(pinned::write_config(instance, &inert).err());
     }
+    errors.extend(ports::detach_recorded(instance, config.attach_mode()));
     errors.extend(tc::detach(netlink, instance, &ifaces, &record).await);
     errors.extend(instance.remove_pins().err());
     if errors.is_empty() {

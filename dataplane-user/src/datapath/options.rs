@@ -38,6 +38,20 @@ pub struct AttachOptions {
     pub fast_path: bool,
     /// Take the pod network's connections and masquerade over from netfilter.
     pub takeover: bool,
+    /// Containers the caller knows (a lab's): recorded, and their bridge
+    /// ports' sources checked, as the CNI plugin's ADD does for its own.
+    pub known_containers: Vec<KnownContainer>,
+}
+
+/// A container on the bridge, as whoever created it knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KnownContainer {
+    pub id: String,
+    /// Its interface inside the container.
+    pub ifname: String,
+    /// The host-side veth: its bridge port.
+    pub host_veth: String,
+    pub ips: Vec<Ipv4Addr>,
 }
 
 /// How to attach the TC programs.
@@ -153,6 +167,8 @@ pub struct Resolved {
     pub fast_path: bool,
     /// What the running kernel offers.
     pub kernel: Kernel,
+    /// [`AttachOptions::known_containers`].
+    pub known_containers: Vec<KnownContainer>,
 }
 
 /// Multicast and limited broadcast: never masqueraded (the CNI chain's
@@ -236,6 +252,7 @@ impl Resolved {
             timeouts: timeouts(&args.timeouts),
             fast_path: args.fast_path && kernel.fast_path_unavailable().is_none(),
             kernel,
+            known_containers: args.known_containers.clone(),
         })
     }
 

@@ -13,7 +13,7 @@ use crate::{
     datapath::{
         instance::{Instance, netns_label},
         kernel::Kernel,
-        pinned,
+        pinned, ports,
     },
 };
 
@@ -53,6 +53,9 @@ struct Status {
     table_capacity: u32,
     /// `bpfmasq trace`s the datapath reports to.
     traces: u32,
+    /// Bridge ports whose pod may send only with its own recorded
+    /// addresses (0: source checking is off).
+    source_checked_ports: usize,
     pin_dir: String,
 }
 
@@ -107,6 +110,7 @@ pub fn status(netns: Option<&str>, query: &Query) -> Result<()> {
         table_entries: snapshot.entries,
         table_capacity: config.ct_max.saturating_mul(2),
         traces: super::trace::listening(&instance)?,
+        source_checked_ports: ports::live_ports(&instance)?.len(),
         pin_dir: instance.dir().display().to_string(),
     };
     if query.json {
@@ -155,6 +159,13 @@ pub fn status(netns: Option<&str>, query: &Query) -> Result<()> {
         .map(|(n, v)| format!("{n}={v}"))
         .collect();
     println!("timeouts     {}", timeouts.join(" "));
+    match status.source_checked_ports {
+        0 => println!(
+            "sources      not checked: no container is recorded, so a pod could send with \
+             another's address (the CNI plugin, or a lab's attach, records them)"
+        ),
+        n => println!("sources      checked on {n} container ports"),
+    }
     println!("traces       {} running", status.traces);
     Ok(())
 }

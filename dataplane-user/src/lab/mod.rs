@@ -30,7 +30,7 @@ pub use self::{
         container_addr, container_veth, ns_name,
     },
 };
-use crate::netns::NetNs;
+use crate::{datapath::options::KnownContainer, netns::NetNs};
 
 /// Where `attach` pins datapaths, one folder per namespace.
 const PIN_ROOT: &str = "/sys/fs/bpf/bpfmasq";
@@ -81,6 +81,26 @@ pub fn existing_nodes(lab: &str) -> Result<Vec<Node>> {
         lab,
         namespaces.iter().map(String::as_str),
     ))
+}
+
+/// The containers of the lab whose host is network namespace `netns`, as
+/// `attach` and `run` record them there (none: `netns` is no lab's host).
+pub fn containers_of_host(netns: &str) -> Result<Vec<KnownContainer>> {
+    let Some(lab) = netns.strip_suffix(&format!("-{}", Node::Host)) else {
+        return Ok(Vec::new());
+    };
+    Ok(existing_nodes(lab)?
+        .into_iter()
+        .filter_map(|node| match node {
+            Node::Container(i) => Some(KnownContainer {
+                id: ns_name(lab, node),
+                ifname: CONTAINER_IFACE.to_owned(),
+                host_veth: container_veth(i),
+                ips: vec![container_addr(i)],
+            }),
+            _ => None,
+        })
+        .collect())
 }
 
 /// The folder holding the datapath pins of lab `lab`'s host.

@@ -395,6 +395,7 @@ impl From<AttachArgs> for AttachOptions {
             link_type: args.link_type.into(),
             fast_path: args.fast_path == Switch::On,
             takeover: args.takeover,
+            known_containers: Vec::new(),
         }
     }
 }

@@ -7,8 +7,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use bpfmasq::{
-    cni_config, daemon,
-    datapath::{self, verifier::Rejection},
+    cni_config,
+    daemon::{self, RunOptions},
+    datapath::{
+        self,
+        options::{AttachOptions, KnownContainer},
+        verifier::Rejection,
+    },
     inspect, lab,
     netns::NetNs,
 };
@@ -94,7 +99,11 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Lab(LabCommand::Down(args)) => lab::down(&args.name).await,
         Command::Lab(LabCommand::Status(args)) => lab::status(&args.lab.name, args.json).await,
         Command::Lab(LabCommand::Exec(_)) => unreachable!("handled before the runtime starts"),
-        Command::Attach(args) => datapath::attach(cli.netns.as_deref(), &args.into()).await,
+        Command::Attach(args) => {
+            let mut options: AttachOptions = args.into();
+            options.known_containers = lab_containers(cli.netns.as_deref())?;
+            datapath::attach(cli.netns.as_deref(), &options).await
+        }
         Command::Detach(args) => {
             datapath::detach(cli.netns.as_deref(), args.uplink.as_deref(), args.handback).await
         }
@@ -118,7 +127,11 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Containers(args) => inspect::containers(cli.netns.as_deref(), &args.into()),
         Command::Status(args) => inspect::status(cli.netns.as_deref(), &args.into()),
         Command::Gc(args) => daemon::gc_once(cli.netns.as_deref(), &args.into()),
-        Command::Run(args) => daemon::run(cli.netns.as_deref(), &args.into()).await,
+        Command::Run(args) => {
+            let mut options: RunOptions = args.into();
+            options.attach.known_containers = lab_containers(cli.netns.as_deref())?;
+            daemon::run(cli.netns.as_deref(), &options).await
+        }
         Command::Trace(args) => {
             let options = (&args).into();
             inspect::trace(cli.netns.as_deref(), &args.instance.into(), &options).await
@@ -130,4 +143,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::CniConfig(CniConfigCommand::Remove(args)) => cni_config::remove(&args.into()),
         Command::MountBpffs => datapath::bpffs::ensure_mounted(),
     }
+}
+
+/// A lab's containers, when `--netns` is a lab's host: `attach` and `run`
+/// record them, so their sources are checked as a CNI runtime's would be.
+fn lab_containers(netns: Option<&str>) -> Result<Vec<KnownContainer>> {
+    netns.map_or(Ok(Vec::new()), lab::containers_of_host)
 }
