@@ -45,9 +45,10 @@ pub static RECENT_FLOWS: Array<FlowKey> = Array::with_max_entries(RECENT_FLOWS_E
 #[map]
 pub static RECENT_CURSOR: Array<u32> = Array::with_max_entries(1, 0);
 
-/// The containers the CNI plugin attached, by pod IPv4 address (network
-/// order); written by `bpfmasq-cni`, read by `bpfmasq containers`. Not
-/// preallocated: most hosts run far fewer pods than a /16 holds.
+/// The containers the CNI plugin (or a lab's attach) recorded, by pod IPv4
+/// address (network order): the source check reads each port's addresses
+/// here, `bpfmasq containers` lists them. Not preallocated: most hosts run
+/// far fewer pods than a /16 holds.
 #[map]
 pub static PODS: HashMap<u32, PodRecord> = HashMap::pinned(PODS_ENTRIES, BPF_F_NO_PREALLOC);
 

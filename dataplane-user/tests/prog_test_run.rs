@@ -81,6 +81,7 @@ impl Programs {
             timeouts: Default::default(),
             fast_path,
             kernel: Kernel::probe(),
+            known_containers: Vec::new(),
         };
         let mut ebpf = loader::load(instance, &resolved).expect("load");
         loader::configure(&mut ebpf, &resolved.nat_config(), &resolved).expect("configure");
