@@ -1,4 +1,5 @@
-//! The datapath's configuration, written by the loader into the `CONFIG` map.
+//! The datapath's configuration: what the programs read on every packet
+//! (`CONFIG`), and what the loader records beside it (`RECORD`).
 
 use crate::conntrack::Timeouts;
 
@@ -24,15 +25,15 @@ impl AttachMode {
     }
 }
 
-/// Bit in [`NatConfig::flags`]: the loader created the clsact qdisc (and so
-/// removes it on detach).
-pub const FLAG_CREATED_CLSACT: u32 = 1 << 0;
 /// Bit in [`NatConfig::flags`]: the fast path is on. The bridge's program
 /// forwards pod packets straight to the uplink, the uplink's ingress program
 /// delivers translated replies straight to the bridge, both past the host's
 /// IP stack. Off, both leave every packet to the host stack.
 pub const FLAG_FAST_PATH: u32 = 1 << 1;
-/// Bit in [`NatConfig::flags`]: the loader created the bridge's clsact qdisc.
+/// Bit in [`DatapathRecord::flags`]: the loader created the uplink's clsact
+/// qdisc (and so removes it on detach).
+pub const FLAG_CREATED_CLSACT: u32 = 1 << 0;
+/// Bit in [`DatapathRecord::flags`]: the loader created the bridge's clsact qdisc.
 pub const FLAG_CREATED_BRIDGE_CLSACT: u32 = 1 << 2;
 
 /// Version of the pinned state's layout: the key and value types of every
@@ -40,14 +41,13 @@ pub const FLAG_CREATED_BRIDGE_CLSACT: u32 = 1 << 2;
 /// another version is refused, never misread (`run` adopting it, `stats`
 /// reading it). Bump it with any change to a pinned type; the test below
 /// fails until you do.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
+/// What the programs read on every packet (the `CONFIG` map): nothing else,
+/// so the one lookup each packet makes stays small.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatConfig {
-    /// [`LAYOUT_VERSION`] of the bpfmasq that attached. First in every
-    /// version, so any version can read it.
-    pub layout_version: u32,
     /// Pod network address and mask, network byte order.
     pub pod_net: u32,
     pub pod_mask: u32,
@@ -58,9 +58,40 @@ pub struct NatConfig {
     pub port_max: u16,
     pub uplink_ifindex: u32,
     pub bridge_ifindex: u32,
+    /// [`FLAG_FAST_PATH`].
+    pub flags: u32,
+    /// Maximum number of flows one pod address may hold (`--ct-max-per-pod`);
+    /// 0: no limit but the table's.
+    pub ct_max_per_pod: u32,
+}
+
+impl NatConfig {
+    /// Whether `addr` (network byte order) is inside the pod network.
+    #[inline(always)]
+    pub fn is_pod_addr(&self, addr: u32) -> bool {
+        self.pod_mask != 0 && addr & self.pod_mask == self.pod_net
+    }
+
+    #[inline(always)]
+    pub fn fast_path(&self) -> bool {
+        self.flags & FLAG_FAST_PATH != 0
+    }
+}
+
+/// What the loader records about a datapath (the `RECORD` map, pinned with
+/// the others, never read by the programs): the layout version, how it is
+/// attached (so `detach` undoes exactly that), the table's size and the
+/// garbage collector's timeouts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatapathRecord {
+    /// [`LAYOUT_VERSION`] of the bpfmasq that attached. First in every
+    /// version, so any version can read it.
+    pub layout_version: u32,
     /// [`AttachMode`] as u8.
     pub attach_mode: u8,
     pub _pad: [u8; 3],
+    /// [`FLAG_CREATED_CLSACT`], [`FLAG_CREATED_BRIDGE_CLSACT`].
     pub flags: u32,
     /// clsact only: the filters' priorities and handles, to remove exactly them.
     pub tc_egress_priority: u16,
@@ -75,25 +106,11 @@ pub struct NatConfig {
     pub timeouts: Timeouts,
     /// Maximum number of flows (`--ct-max`); the map holds two entries each.
     pub ct_max: u32,
-    /// Maximum number of flows one pod address may hold (`--ct-max-per-pod`);
-    /// 0: no limit but the table's.
-    pub ct_max_per_pod: u32,
 }
 
-impl NatConfig {
-    /// Whether `addr` (network byte order) is inside the pod network.
-    #[inline(always)]
-    pub fn is_pod_addr(&self, addr: u32) -> bool {
-        self.pod_mask != 0 && addr & self.pod_mask == self.pod_net
-    }
-
+impl DatapathRecord {
     pub fn attach_mode(&self) -> AttachMode {
         AttachMode::from_raw(self.attach_mode)
-    }
-
-    #[inline(always)]
-    pub fn fast_path(&self) -> bool {
-        self.flags & FLAG_FAST_PATH != 0
     }
 }
 
@@ -129,11 +146,12 @@ mod tests {
         use core::mem::size_of;
         let sizes = (
             size_of::<NatConfig>(),
+            size_of::<DatapathRecord>(),
             size_of::<FlowKey>(),
             size_of::<FlowEntry>(),
             size_of::<PodRecord>(),
         );
-        assert_eq!((LAYOUT_VERSION, sizes), (2, (108, 16, 56, 100)));
+        assert_eq!((LAYOUT_VERSION, sizes), (3, (32, 80, 16, 56, 100)));
     }
 
     #[test]

@@ -27,6 +27,7 @@ mod pod {
     // kernel could read uninitialised (explicit `_pad` fields), and is valid
     // for any bit pattern.
     unsafe impl aya::Pod for crate::config::NatConfig {}
+    unsafe impl aya::Pod for crate::config::DatapathRecord {}
     unsafe impl aya::Pod for crate::conntrack::Timeouts {}
     unsafe impl aya::Pod for crate::flow::FlowKey {}
     unsafe impl aya::Pod for crate::flow::FlowEntry {}

@@ -3,6 +3,8 @@
 
 /// `Array<NatConfig>` with one slot: what the datapath translates and to what.
 pub const CONFIG: &str = "CONFIG";
+/// `Array<DatapathRecord>`, one slot: the loader's record, never read by the programs.
+pub const RECORD: &str = "RECORD";
 /// `HashMap<FlowKey, FlowEntry>`: the conntrack table, one entry per direction.
 pub const CONNTRACK: &str = "CONNTRACK";
 /// `LpmTrie<u32, u8>`: destinations that are never masqueraded.

@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use dataplane_common::{
-    config::NatConfig,
+    config::{DatapathRecord, NatConfig},
     counters::Counter,
     flow::{FlowEntry, FlowKey},
     fragments::{
@@ -18,8 +18,15 @@ use dataplane_common::{
     pods::{PODS_ENTRIES, PodRecord},
 };
 
+/// What the programs read on every packet.
 #[map]
 pub static CONFIG: Array<NatConfig> = Array::pinned(1, 0);
+
+/// The loader's record (layout version, attachment, table size, GC
+/// timeouts): pinned beside the state it describes; the programs never
+/// read it, so it stays out of every packet's lookup.
+#[map]
+pub static RECORD: Array<DatapathRecord> = Array::pinned(1, 0);
 
 /// A plain hash (not LRU): the kernel never evicts a live half of a flow to
 /// make room; a full table drops the *new* flow, like nf_conntrack.

@@ -35,8 +35,8 @@ use aya::{
     maps::{HashMap, MapError},
 };
 use dataplane_common::{
-    config::{FLAG_FAST_PATH, NatConfig},
-    conntrack::{FlowState, IMPORTED, SEEN_ACK, SEEN_FIN, SEEN_RST, SEEN_SYN},
+    config::{DatapathRecord, FLAG_FAST_PATH, NatConfig},
+    conntrack::{FlowState, IMPORTED, SEEN_ACK, SEEN_FIN, SEEN_RST, SEEN_SYN, Timeouts},
     flow::{FlowEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, nat_flow_pair},
 };
 use ipnet::Ipv4Net;
@@ -286,10 +286,11 @@ pub async fn attach(netns: Option<&str>, args: &AttachOptions) -> Result<()> {
     let resolved = Resolved::resolve(&netlink, args).await?;
     let instance = Instance::new(&netns_label(netns)?, &resolved.uplink);
     datapath::refuse_if_attached(&instance, netns)?;
-    let (_, config, report) = attach_fresh(&netlink, &instance, &resolved, args.link_type).await?;
+    let (_, (_, record), report) =
+        attach_fresh(&netlink, &instance, &resolved, args.link_type).await?;
     println!(
         "{}",
-        datapath::attached_line(&instance, &resolved, &config, args.fast_path)
+        datapath::attached_line(&instance, &resolved, &record, args.fast_path)
     );
     println!("{}", report.describe());
     Ok(())
@@ -316,7 +317,7 @@ pub async fn attach_fresh(
     instance: &Instance,
     resolved: &Resolved,
     link_type: LinkType,
-) -> Result<(Ebpf, NatConfig, Report)> {
+) -> Result<(Ebpf, (NatConfig, DatapathRecord), Report)> {
     let started = Instant::now();
     let pod_cidr = resolved.pod_cidr;
     let nat_addr = resolved.nat_addr;
@@ -338,7 +339,7 @@ pub async fn attach_fresh(
         fast_path: false,
         ..resolved.clone()
     };
-    let (ebpf, mut config) =
+    let (ebpf, mut config, datapath_record) =
         datapath::attach_fresh(netlink, instance, &through_netfilter, link_type).await?;
 
     // Attached: from here on an error leaves bpfmasq attached, which is
@@ -400,7 +401,7 @@ pub async fn attach_fresh(
     record.imported = imported;
     record.store(instance)?;
     report.seconds = started.elapsed().as_secs_f64();
-    Ok((ebpf, config, report))
+    Ok((ebpf, (config, datapath_record), report))
 }
 
 /// Moves `entries` from nf_conntrack to the datapath one by one: the flow
@@ -512,9 +513,10 @@ fn hand_back(
             )
         })?;
     }
+    let timeouts = pinned::read_record(instance)?.timeouts;
     let mut table = pinned::conntrack(instance)?;
     let mut given = HashSet::new();
-    hand_back_flows(&mut table, config, ct, &mut given)?;
+    hand_back_flows(&mut table, (config, &timeouts), ct, &mut given)?;
     for (backend, text) in rules {
         backend.restore(text).with_context(|| {
             format!(
@@ -523,7 +525,7 @@ fn hand_back(
             )
         })?;
     }
-    hand_back_flows(&mut table, config, ct, &mut given)?;
+    hand_back_flows(&mut table, (config, &timeouts), ct, &mut given)?;
     Ok(given.len())
 }
 
@@ -533,14 +535,14 @@ fn hand_back(
 /// again, with the same port: it is only removed).
 fn hand_back_flows(
     table: &mut ConntrackMap,
-    config: &NatConfig,
+    (config, timeouts): (&NatConfig, &Timeouts),
     ct: &mut Ctnetlink,
     given: &mut HashSet<SnatEntry>,
 ) -> Result<()> {
     let snapshot = flows::snapshot(table)?;
     let now = monotonic_ns();
     for flow in &snapshot.flows {
-        let Some(entry) = snat_entry(flow, config, &config.timeouts, now) else {
+        let Some(entry) = snat_entry(flow, config, timeouts, now) else {
             continue;
         };
         let again = given.iter().any(|g| {
@@ -578,7 +580,7 @@ fn hand_over(ct: &mut Ctnetlink, entry: &SnatEntry) -> Result<()> {
 fn snat_entry(
     flow: &FlowView,
     config: &NatConfig,
-    timeouts: &dataplane_common::conntrack::Timeouts,
+    timeouts: &Timeouts,
     now: u64,
 ) -> Option<SnatEntry> {
     let proto = flow.key.proto;

@@ -162,10 +162,10 @@ fn pins_of_another_layout_version_are_refused_not_misread() {
     let lab = Lab::up("layout", 1);
     let dp = Datapath::attach(&lab);
     let instance = Instance::new(&lab.host_ns(), UPLINK);
-    let mut config = pinned::read_config(&instance).expect("the pinned config");
-    let current = config.layout_version;
-    config.layout_version = current - 1;
-    pinned::write_config(&instance, &config).expect("writing the pinned config");
+    let mut record = pinned::read_record(&instance).expect("the pinned record");
+    let current = record.layout_version;
+    record.layout_version = current - 1;
+    pinned::write_record(&instance, &record).expect("writing the pinned record");
 
     let run = uplink_verb_args(&lab, "run", &[]);
     let stats = ["--netns", &lab.host_ns(), "stats"];
@@ -180,8 +180,8 @@ fn pins_of_another_layout_version_are_refused_not_misread() {
         );
     }
 
-    config.layout_version = current;
-    pinned::write_config(&instance, &config).expect("restoring the pinned config");
+    record.layout_version = current;
+    pinned::write_record(&instance, &record).expect("restoring the pinned record");
     let stats = dp.stats();
     assert!(
         stats.is_object(),

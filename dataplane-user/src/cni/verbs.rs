@@ -110,8 +110,8 @@ pub async fn add(conf: &NetConf, who: &Attachment) -> Result<serde_json::Value, 
     )?;
     pods::insert(&mut map, &addrs, &record).or_cni(Code::STATE, "recording the container")?;
     if host.veth_ifindex != 0 {
-        let mode = pinned::read_config(&instance)
-            .or_cni(Code::STATE, "reading the datapath's configuration")?
+        let mode = pinned::read_record(&instance)
+            .or_cni(Code::STATE, "reading the datapath's record")?
             .attach_mode();
         let port = Port {
             name: &host.veth,
@@ -288,8 +288,8 @@ pub async fn gc(conf: &NetConf) -> Result<(), CniError> {
 
 /// Takes the source check off the ports of containers about to be forgotten.
 fn detach_ports(instance: &Instance, containers: &[&pods::Container]) -> Result<(), CniError> {
-    let mode = pinned::read_config(instance)
-        .or_cni(Code::STATE, "reading the datapath's configuration")?
+    let mode = pinned::read_record(instance)
+        .or_cni(Code::STATE, "reading the datapath's record")?
         .attach_mode();
     for c in containers.iter().filter(|c| c.host_ifindex != 0) {
         let port = Port {

@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use dataplane_common::{
-    config::{AttachMode, NatConfig},
+    config::{AttachMode, DatapathRecord, NatConfig},
     maps,
 };
 use tokio::{
@@ -42,7 +42,7 @@ use crate::{
         instance::{Instance, netns_label},
         layout, loader,
         options::{AttachOptions, LinkType, Resolved},
-        pinned, pod_flows,
+        pinned,
         tc::{self, AttachRecord, Interfaces},
     },
     inspect::{Query, trace},
@@ -89,7 +89,7 @@ pub async fn run(netns: Option<&str>, args: &RunOptions) -> Result<()> {
     let mut watch = follow.then(AddressWatch::subscribe).transpose()?;
 
     let started = if args.attach.takeover && !instance.dir().exists() {
-        let (mut ebpf, config, report) =
+        let (mut ebpf, (config, record), report) =
             crate::takeover::attach_fresh(&netlink, &instance, &resolved, args.attach.link_type)
                 .await?;
         println!("bpfmasq run: {}", report.describe());
@@ -97,6 +97,7 @@ pub async fn run(netns: Option<&str>, args: &RunOptions) -> Result<()> {
             how: How::Attached,
             program_ids: loader::program_ids(&mut ebpf)?,
             config,
+            record,
         }
     } else {
         start(&netlink, &instance, &resolved, args.attach.link_type).await?
@@ -232,6 +233,7 @@ enum How {
 struct Started {
     how: How,
     config: NatConfig,
+    record: DatapathRecord,
     /// Uplink egress, uplink ingress, bridge ingress.
     program_ids: [u32; 3],
 }
@@ -255,7 +257,8 @@ impl Started {
             }
         };
         let prefix = u32::from_be(c.pod_mask).count_ones();
-        let timeouts: Vec<String> = c
+        let r = &self.record;
+        let timeouts: Vec<String> = r
             .timeouts
             .named()
             .iter()
@@ -268,7 +271,7 @@ impl Started {
              masquerading {}/{prefix} to {}{} (ports {}-{}, up to {} flows; timeouts {}), GC every {}s, pinned in {}",
             instance.uplink,
             instance.netns,
-            mode_name(c.attach_mode()),
+            mode_name(r.attach_mode()),
             fast_path,
             addr(c.pod_net),
             addr(c.nat_addr),
@@ -279,7 +282,7 @@ impl Started {
             },
             c.port_min,
             c.port_max,
-            c.ct_max,
+            r.ct_max,
             timeouts.join(" "),
             args.gc_interval.as_secs(),
             instance.dir().display()
@@ -315,25 +318,29 @@ async fn start(
     // Another version's pins are refused, not taken for defunct: removing
     // them would cut every flow of a datapath that still works.
     layout::check(instance)?;
-    let pinned = match pinned::read_config(instance) {
-        Ok(config) => config,
+    let pinned = match pinned::read_config(instance).and_then(|config| {
+        let record = pinned::read_record(instance)?;
+        Ok((config, record))
+    }) {
+        Ok(pinned) => pinned,
         Err(e) => {
-            let reason = format!("its CONFIG cannot be read: {e:#}");
+            let reason = format!("its CONFIG or RECORD cannot be read: {e:#}");
             return reattach(netlink, instance, resolved, link_type, reason).await;
         }
     };
-    if let Some(reason) = tc::defunct_reason(instance, &pinned, resolved) {
+    if let Some(reason) = tc::defunct_reason(instance, (&pinned.0, &pinned.1), resolved) {
         return reattach(netlink, instance, resolved, link_type, reason).await;
     }
+    let pinned = pinned.1;
     warn_about_kept_settings(&pinned, resolved, link_type);
     // A program the kernel rejects fails here, with the pinned datapath untouched.
-    let (mut ebpf, config) = datapath::load_adopting(instance, resolved, &pinned)?;
+    let (mut ebpf, config, record) = datapath::load_adopting(instance, resolved, &pinned)?;
     let ifaces = Interfaces::resolved(resolved);
     if let Err(e) = tc::replace(
         &mut ebpf,
         instance,
         &ifaces,
-        &AttachRecord::from_config(&pinned),
+        &AttachRecord::from_record(&pinned),
     ) {
         if pinned.attach_mode() != AttachMode::Clsact {
             return Err(e.context("adopting the pinned datapath"));
@@ -348,6 +355,7 @@ async fn start(
         how: How::Adopted,
         program_ids: loader::program_ids(&mut ebpf)?,
         config,
+        record,
     })
 }
 
@@ -358,11 +366,13 @@ async fn attach_new(
     link_type: LinkType,
     how: How,
 ) -> Result<Started> {
-    let (mut ebpf, config) = datapath::attach_fresh(netlink, instance, resolved, link_type).await?;
+    let (mut ebpf, config, record) =
+        datapath::attach_fresh(netlink, instance, resolved, link_type).await?;
     Ok(Started {
         how,
         program_ids: loader::program_ids(&mut ebpf)?,
         config,
+        record,
     })
 }
 
@@ -392,7 +402,7 @@ async fn reattach(
 }
 
 /// Settings an adopted datapath keeps whatever the command line says.
-fn warn_about_kept_settings(pinned: &NatConfig, resolved: &Resolved, link_type: LinkType) {
+fn warn_about_kept_settings(pinned: &DatapathRecord, resolved: &Resolved, link_type: LinkType) {
     if resolved.ct_max != pinned.ct_max {
         eprintln!(
             "bpfmasq run: warning: --ct-max {} not applied: the pinned table holds up to {} flows \
@@ -443,11 +453,8 @@ impl Daemon {
     /// A failing sweep is reported and retried at the next tick.
     fn sweep(&mut self) -> Result<Option<SweepReport>> {
         self.ensure_pinned()?;
-        let swept = pinned::read_config(&self.instance).and_then(|config| {
-            let report = gc::sweep(&mut self.table, &config)?;
-            pod_flows::store(&self.instance, &config, &report.pod_flows)?;
-            Ok(report)
-        });
+        let table = &mut self.table;
+        let swept = gc::sweep_pinned(&self.instance, table);
         match swept {
             Ok(report) => {
                 self.gc_metrics.record(&report);
@@ -523,9 +530,7 @@ impl Daemon {
 pub fn gc_once(netns: Option<&str>, args: &Query) -> Result<()> {
     require_root("bpfmasq gc")?;
     let instance = Instance::find(&netns_label(netns)?, args.uplink.as_deref())?;
-    let config = pinned::read_config(&instance)?;
-    let report = gc::sweep(&mut pinned::conntrack(&instance)?, &config)?;
-    pod_flows::store(&instance, &config, &report.pod_flows)?;
+    let report = gc::sweep_pinned(&instance, &mut pinned::conntrack(&instance)?)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

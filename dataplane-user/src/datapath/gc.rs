@@ -9,12 +9,14 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::maps::IterableMap as _;
-use dataplane_common::{config::NatConfig, flow::FlowKey};
+use dataplane_common::{conntrack::Timeouts, flow::FlowKey};
 use serde::Serialize;
 
 use super::{
     batch,
     flows::{ConntrackMap, FlowView, monotonic_ns, snapshot},
+    instance::Instance,
+    pinned, pod_flows,
 };
 
 /// Orphan reply entries younger than this may belong to a flow being
@@ -41,8 +43,20 @@ fn as_secs_f64<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Err
     s.serialize_f64(d.as_secs_f64())
 }
 
-/// One pass over the table.
-pub fn sweep(table: &mut ConntrackMap, config: &NatConfig) -> Result<SweepReport> {
+/// One pass over `instance`'s table with the configuration pinned now
+/// (timeouts and NAT address may have changed since the last), then the
+/// per-pod flow counts written back.
+pub fn sweep_pinned(instance: &Instance, table: &mut ConntrackMap) -> Result<SweepReport> {
+    let config = pinned::read_config(instance)?;
+    let record = pinned::read_record(instance)?;
+    let report = sweep(table, config.nat_addr, &record.timeouts)?;
+    pod_flows::store(instance, &config, &report.pod_flows)?;
+    Ok(report)
+}
+
+/// One pass over the table: flows expired by `timeouts`, or bound to
+/// another NAT address than `nat_addr`, are removed.
+pub fn sweep(table: &mut ConntrackMap, nat_addr: u32, timeouts: &Timeouts) -> Result<SweepReport> {
     let started = Instant::now();
     let snapshot = snapshot(table)?;
     let now = monotonic_ns();
@@ -53,10 +67,10 @@ pub fn sweep(table: &mut ConntrackMap, config: &NatConfig) -> Result<SweepReport
     };
     let mut doomed: Vec<&FlowView> = Vec::new();
     for flow in &snapshot.flows {
-        if flow.original.rewrite_addr != config.nat_addr {
+        if flow.original.rewrite_addr != nat_addr {
             doomed.push(flow);
             report.rebound += 1;
-        } else if flow.remaining_ns(&config.timeouts, now) == 0 && still_idle(table, flow) {
+        } else if flow.remaining_ns(timeouts, now) == 0 && still_idle(table, flow) {
             doomed.push(flow);
             report.expired += 1;
         } else {

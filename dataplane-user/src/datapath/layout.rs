@@ -7,7 +7,7 @@ use std::mem::size_of;
 use anyhow::Result;
 use aya::maps::MapInfo;
 use dataplane_common::{
-    config::{LAYOUT_VERSION, NatConfig},
+    config::{DatapathRecord, LAYOUT_VERSION, NatConfig},
     counters::Counter,
     flow::{FlowEntry, FlowKey},
     maps,
@@ -25,11 +25,17 @@ struct Expected {
     min_entries: u32,
 }
 
-const EXPECTED: [Expected; 6] = [
+const EXPECTED: [Expected; 7] = [
     Expected {
         name: maps::CONFIG,
         key_size: size_of::<u32>(),
         value_size: size_of::<NatConfig>(),
+        min_entries: 1,
+    },
+    Expected {
+        name: maps::RECORD,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<DatapathRecord>(),
         min_entries: 1,
     },
     Expected {
@@ -97,8 +103,8 @@ pub fn check(instance: &Instance) -> Result<()> {
             ));
         }
     }
-    // A missing or unreadable CONFIG is for the caller to judge (defunct).
-    let Ok(pinned) = pinned::read_config_unchecked(instance) else {
+    // A missing or unreadable RECORD is for the caller to judge (defunct).
+    let Ok(pinned) = pinned::read_record_unchecked(instance) else {
         return Ok(());
     };
     let pinned_version = pinned.layout_version;

@@ -9,7 +9,11 @@ use aya::{
 };
 use std::{path::Path, time::Instant};
 
-use dataplane_common::{config::NatConfig, kernel::KERNEL_FEATURES, maps};
+use dataplane_common::{
+    config::{DatapathRecord, NatConfig},
+    kernel::KERNEL_FEATURES,
+    maps,
+};
 
 use super::{
     instance::Instance,
@@ -167,4 +171,15 @@ pub fn write_config(ebpf: &mut Ebpf, config: &NatConfig) -> Result<()> {
     array
         .set(0, config, 0)
         .context("writing the datapath configuration")
+}
+
+/// Writes the RECORD map's only slot.
+pub fn write_record(ebpf: &mut Ebpf, record: &DatapathRecord) -> Result<()> {
+    let mut array: Array<&mut MapData, DatapathRecord> = ebpf
+        .map_mut(maps::RECORD)
+        .ok_or_else(|| anyhow!("map {} missing", maps::RECORD))?
+        .try_into()?;
+    array
+        .set(0, record, 0)
+        .context("writing the datapath's record")
 }

@@ -22,7 +22,7 @@ pub mod verifier;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::Ebpf;
-use dataplane_common::config::{FLAG_FAST_PATH, NatConfig};
+use dataplane_common::config::{DatapathRecord, FLAG_FAST_PATH, NatConfig};
 
 use self::{
     instance::{Instance, netns_label},
@@ -59,10 +59,10 @@ pub async fn attach(netns: Option<&str>, args: &AttachOptions) -> Result<()> {
     let resolved = Resolved::resolve(&netlink, args).await?;
     let instance = Instance::new(&netns_label(netns)?, &resolved.uplink);
     refuse_if_attached(&instance, netns)?;
-    let (_, config) = attach_fresh(&netlink, &instance, &resolved, args.link_type).await?;
+    let (_, _, record) = attach_fresh(&netlink, &instance, &resolved, args.link_type).await?;
     println!(
         "{}",
-        attached_line(&instance, &resolved, &config, args.fast_path)
+        attached_line(&instance, &resolved, &record, args.fast_path)
     );
     eprintln!(
         "note: nothing maintains this datapath until `bpfmasq run` adopts it: flows never \
@@ -75,14 +75,14 @@ pub async fn attach(netns: Option<&str>, args: &AttachOptions) -> Result<()> {
 pub fn attached_line(
     instance: &Instance,
     resolved: &Resolved,
-    config: &NatConfig,
+    record: &DatapathRecord,
     asked_fast_path: bool,
 ) -> String {
     format!(
         "attached to {} and {} ({:?}): masquerading {} to {} (ports {}), fast path {}, pinned in {}",
         resolved.uplink,
         resolved.bridge,
-        config.attach_mode(),
+        record.attach_mode(),
         resolved.pod_cidr,
         resolved.nat_addr,
         resolved.ports,
@@ -116,14 +116,14 @@ pub fn fast_path_state(asked: bool, resolved: &Resolved) -> String {
 
 /// Loads, configures, attaches and pins a new datapath in `instance`'s
 /// (absent) folder; on error nothing is left behind. Returns the loaded
-/// object (dropping it leaves everything running through the pins) and the
-/// configuration written.
+/// object (dropping it leaves everything running through the pins), the
+/// configuration and the record written.
 pub async fn attach_fresh(
     netlink: &Netlink,
     instance: &Instance,
     resolved: &Resolved,
     link_type: LinkType,
-) -> Result<(Ebpf, NatConfig)> {
+) -> Result<(Ebpf, NatConfig, DatapathRecord)> {
     bpffs::ensure_mounted()?;
     std::fs::create_dir_all(instance.dir())
         .with_context(|| format!("creating {}", instance.dir().display()))?;
@@ -134,10 +134,10 @@ pub async fn attach_fresh(
 
     let mut ebpf = loader::load(instance, resolved)?;
     ports::pin_program(&mut ebpf, instance)?;
-    let mut config = resolved.nat_config();
+    let config = resolved.nat_config();
     loader::configure(&mut ebpf, &config, resolved)?;
     let ifaces = Interfaces::resolved(resolved);
-    let record = tc::attach(
+    let attached = tc::attach(
         &mut ebpf,
         netlink,
         instance,
@@ -146,17 +146,18 @@ pub async fn attach_fresh(
         &resolved.kernel,
     )
     .await?;
-    record.store_in(&mut config);
-    let configured = loader::write_config(&mut ebpf, &config).and_then(|()| {
-        ports::record_known(instance, config.attach_mode(), &resolved.known_containers)
+    let mut record = resolved.record();
+    attached.store_in(&mut record);
+    let configured = loader::write_record(&mut ebpf, &record).and_then(|()| {
+        ports::record_known(instance, record.attach_mode(), &resolved.known_containers)
     });
     if let Err(e) = configured {
-        let _ = ports::detach_recorded(instance, config.attach_mode());
-        let _ = tc::detach(netlink, instance, &ifaces, &record).await;
+        let _ = ports::detach_recorded(instance, record.attach_mode());
+        let _ = tc::detach(netlink, instance, &ifaces, &attached).await;
         return Err(e);
     }
     pins.armed = false;
-    Ok((ebpf, config))
+    Ok((ebpf, config, record))
 }
 
 /// The first half of adopting a datapath pinned by an earlier `attach` or
@@ -169,17 +170,19 @@ pub async fn attach_fresh(
 pub fn load_adopting(
     instance: &Instance,
     resolved: &Resolved,
-    pinned: &NatConfig,
-) -> Result<(Ebpf, NatConfig)> {
+    pinned: &DatapathRecord,
+) -> Result<(Ebpf, NatConfig, DatapathRecord)> {
     let mut ebpf = loader::load(instance, resolved)?;
-    let mut config = resolved.nat_config();
-    config.ct_max = pinned.ct_max;
-    AttachRecord::from_config(pinned).store_in(&mut config);
+    let config = resolved.nat_config();
+    let mut record = resolved.record();
+    record.ct_max = pinned.ct_max;
+    AttachRecord::from_record(pinned).store_in(&mut record);
     loader::configure(&mut ebpf, &config, resolved)?;
+    loader::write_record(&mut ebpf, &record)?;
     ports::pin_program(&mut ebpf, instance)?;
-    ports::record_known(instance, pinned.attach_mode(), &resolved.known_containers)?;
-    ports::attach_recorded(instance, pinned.attach_mode())?;
-    Ok((ebpf, config))
+    ports::record_known(instance, record.attach_mode(), &resolved.known_containers)?;
+    ports::attach_recorded(instance, record.attach_mode())?;
+    Ok((ebpf, config, record))
 }
 
 pub async fn detach(netns: Option<&str>, uplink: Option<&str>, handback: bool) -> Result<()> {
@@ -203,14 +206,15 @@ pub async fn detach(netns: Option<&str>, uplink: Option<&str>, handback: bool) -
     Ok(())
 }
 
-/// Removes everything `instance` attached and pinned, as its CONFIG records.
+/// Removes everything `instance` attached and pinned, as its RECORD says.
 /// Keeps going past errors and reports them all at the end.
 pub async fn detach_instance(netlink: &Netlink, instance: &Instance) -> Result<()> {
     // Another version's record could name the wrong filters to remove.
     layout::check(instance)?;
     // The interfaces may be gone (their namespace torn down): then only pins remain.
     let config = pinned::read_config(instance).unwrap_or_default();
-    let record = AttachRecord::from_config(&config);
+    let pinned_record = pinned::read_record(instance).unwrap_or_default();
+    let record = AttachRecord::from_record(&pinned_record);
     // Without the interface list nothing could be detached reliably: stop
     // before removing anything, so that a retry finds it all in place.
     let ifaces = Interfaces::recorded(netlink, instance, &config)
@@ -226,7 +230,7 @@ pub async fn detach_instance(netlink: &Netlink, instance: &Instance) -> Result<(
         };
         errors.extend(pinned::write_config(instance, &inert).err());
     }
-    errors.extend(ports::detach_recorded(instance, config.attach_mode()));
+    errors.extend(ports::detach_recorded(instance, pinned_record.attach_mode()));
     errors.extend(tc::detach(netlink, instance, &ifaces, &record).await);
     errors.extend(instance.remove_pins().err());
     if errors.is_empty() {

@@ -3,7 +3,7 @@ use std::{fmt, net::Ipv4Addr, str::FromStr};
 
 use anyhow::{Result, anyhow, bail};
 use dataplane_common::{
-    config::{FLAG_FAST_PATH, LAYOUT_VERSION, NatConfig},
+    config::{DatapathRecord, FLAG_FAST_PATH, LAYOUT_VERSION, NatConfig},
     conntrack::Timeouts,
     maps::NO_MASQ_ENTRIES,
     ports::{DEFAULT_PORT_MAX, DEFAULT_PORT_MIN},
@@ -256,10 +256,9 @@ impl Resolved {
         })
     }
 
-    /// The CONFIG map's value (attach fields are filled in after attaching).
+    /// The CONFIG map's value.
     pub fn nat_config(&self) -> NatConfig {
         NatConfig {
-            layout_version: LAYOUT_VERSION,
             pod_net: u32::from_ne_bytes(self.pod_cidr.network().octets()),
             pod_mask: u32::from_ne_bytes(self.pod_cidr.netmask().octets()),
             nat_addr: u32::from_ne_bytes(self.nat_addr.octets()),
@@ -267,10 +266,17 @@ impl Resolved {
             port_max: self.ports.max,
             uplink_ifindex: self.uplink_ifindex,
             bridge_ifindex: self.bridge_ifindex,
+            flags: if self.fast_path { FLAG_FAST_PATH } else { 0 },
+            ct_max_per_pod: self.ct_max_per_pod,
+        }
+    }
+
+    /// The RECORD map's value (the attachment is filled in after attaching).
+    pub fn record(&self) -> DatapathRecord {
+        DatapathRecord {
+            layout_version: LAYOUT_VERSION,
             timeouts: self.timeouts,
             ct_max: self.ct_max,
-            ct_max_per_pod: self.ct_max_per_pod,
-            flags: if self.fast_path { FLAG_FAST_PATH } else { 0 },
             ..Default::default()
         }
     }

@@ -12,7 +12,7 @@ use aya::{
     },
 };
 use dataplane_common::{
-    config::{AttachMode, NatConfig},
+    config::{AttachMode, DatapathRecord, NatConfig},
     flow::{FlowEntry, FlowKey},
     maps,
     pods::PodRecord,
@@ -35,15 +35,29 @@ fn open(instance: &Instance, name: &str) -> Result<Map> {
 
 pub fn read_config(instance: &Instance) -> Result<NatConfig> {
     layout::check(instance)?;
-    read_config_unchecked(instance)
-}
-
-/// The CONFIG slot, read without checking the layout (for [`layout::check`]).
-pub(super) fn read_config_unchecked(instance: &Instance) -> Result<NatConfig> {
     let array: Array<MapData, NatConfig> = open(instance, maps::CONFIG)?.try_into()?;
     array
         .get(&0, 0)
         .context("reading the datapath configuration")
+}
+
+pub fn read_record(instance: &Instance) -> Result<DatapathRecord> {
+    layout::check(instance)?;
+    read_record_unchecked(instance)
+}
+
+/// The RECORD slot, read without checking the layout (for [`layout::check`]).
+pub(super) fn read_record_unchecked(instance: &Instance) -> Result<DatapathRecord> {
+    let array: Array<MapData, DatapathRecord> = open(instance, maps::RECORD)?.try_into()?;
+    array.get(&0, 0).context("reading the datapath's record")
+}
+
+/// Writes the pinned RECORD's only slot.
+pub fn write_record(instance: &Instance, record: &DatapathRecord) -> Result<()> {
+    let mut array: Array<MapData, DatapathRecord> = open(instance, maps::RECORD)?.try_into()?;
+    array
+        .set(0, record, 0)
+        .context("writing the datapath's record")
 }
 
 /// Writes the pinned CONFIG's only slot.

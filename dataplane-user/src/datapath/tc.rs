@@ -26,7 +26,9 @@ use aya::{
     },
 };
 use dataplane_common::{
-    config::{AttachMode, FLAG_CREATED_BRIDGE_CLSACT, FLAG_CREATED_CLSACT, NatConfig},
+    config::{
+        AttachMode, DatapathRecord, FLAG_CREATED_BRIDGE_CLSACT, FLAG_CREATED_CLSACT, NatConfig,
+    },
     maps,
 };
 use netlink_packet_route::tc::TcHandle as NlTcHandle;
@@ -146,7 +148,7 @@ impl Interfaces {
     }
 }
 
-/// What was attached, to be stored in [`NatConfig`].
+/// What was attached, to be stored in the [`DatapathRecord`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AttachRecord {
     pub mode: Option<AttachMode>,
@@ -159,28 +161,28 @@ pub struct AttachRecord {
 const CREATED_CLSACT_FLAGS: [u32; 2] = [FLAG_CREATED_CLSACT, FLAG_CREATED_BRIDGE_CLSACT];
 
 impl AttachRecord {
-    pub fn store_in(&self, config: &mut NatConfig) {
-        config.attach_mode = self.mode.unwrap_or(AttachMode::None) as u8;
+    pub fn store_in(&self, record: &mut DatapathRecord) {
+        record.attach_mode = self.mode.unwrap_or(AttachMode::None) as u8;
         for (created, flag) in self.created_clsact.iter().zip(CREATED_CLSACT_FLAGS) {
             if *created {
-                config.flags |= flag;
+                record.flags |= flag;
             } else {
-                config.flags &= !flag;
+                record.flags &= !flag;
             }
         }
-        (config.tc_egress_priority, config.tc_egress_handle) = self.filters[0];
-        (config.tc_ingress_priority, config.tc_ingress_handle) = self.filters[1];
-        (config.tc_bridge_priority, config.tc_bridge_handle) = self.filters[2];
+        (record.tc_egress_priority, record.tc_egress_handle) = self.filters[0];
+        (record.tc_ingress_priority, record.tc_ingress_handle) = self.filters[1];
+        (record.tc_bridge_priority, record.tc_bridge_handle) = self.filters[2];
     }
 
-    pub fn from_config(config: &NatConfig) -> Self {
+    pub fn from_record(record: &DatapathRecord) -> Self {
         Self {
-            mode: Some(config.attach_mode()),
-            created_clsact: CREATED_CLSACT_FLAGS.map(|flag| config.flags & flag != 0),
+            mode: Some(record.attach_mode()),
+            created_clsact: CREATED_CLSACT_FLAGS.map(|flag| record.flags & flag != 0),
             filters: [
-                (config.tc_egress_priority, config.tc_egress_handle),
-                (config.tc_ingress_priority, config.tc_ingress_handle),
-                (config.tc_bridge_priority, config.tc_bridge_handle),
+                (record.tc_egress_priority, record.tc_egress_handle),
+                (record.tc_ingress_priority, record.tc_ingress_handle),
+                (record.tc_bridge_priority, record.tc_bridge_handle),
             ],
         }
     }
@@ -400,12 +402,12 @@ pub async fn detach(
     errors
 }
 
-/// Why the attachment recorded in `config` can no longer carry the traffic
-/// (`None`: it still can, as far as can be checked up front). `resolved`
-/// holds the interfaces' current indexes.
+/// Why the attachment `config` and `record` describe can no longer carry
+/// the traffic (`None`: it still can, as far as can be checked up front).
+/// `resolved` holds the interfaces' current indexes.
 pub fn defunct_reason(
     instance: &Instance,
-    config: &NatConfig,
+    (config, record): (&NatConfig, &DatapathRecord),
     resolved: &Resolved,
 ) -> Option<String> {
     let recreated = |what: &str, name: &str, was: u32, now: u32| {
@@ -432,8 +434,8 @@ pub fn defunct_reason(
         return Some(reason);
     }
     let ifaces = Interfaces::resolved(resolved);
-    match config.attach_mode() {
-        AttachMode::None => Some("its CONFIG records no attachment".to_owned()),
+    match record.attach_mode() {
+        AttachMode::None => Some("its RECORD holds no attachment".to_owned()),
         AttachMode::Tcx => HOOKS
             .iter()
             .find_map(|hook| tcx_hook_defunct(instance, hook, &ifaces.on(hook.side).name)),

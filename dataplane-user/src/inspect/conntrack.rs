@@ -156,13 +156,13 @@ fn flow(view: &FlowView, timeouts: &Timeouts, now: u64) -> Flow {
 
 /// Every flow of the instance, sorted by protocol and original tuple.
 pub fn flows(instance: &Instance) -> Result<Vec<Flow>> {
-    let config = pinned::read_config(instance)?;
+    let record = pinned::read_record(instance)?;
     let snapshot = snapshot(&pinned::conntrack(instance)?)?;
     let now = monotonic_ns();
     let mut flows: Vec<Flow> = snapshot
         .flows
         .iter()
-        .map(|v| flow(v, &config.timeouts, now))
+        .map(|v| flow(v, &record.timeouts, now))
         .collect();
     flows.sort_by_key(|f| (f.proto, f.src.addr, f.src.port, f.dst.addr, f.dst.port));
     Ok(flows)
@@ -245,14 +245,14 @@ pub fn conntrack_flush(netns: Option<&str>, query: &Query, filter: &FlowFilter) 
     require_root("bpfmasq conntrack flush")?;
     let instance = instance(netns, query)?;
     let selection = Selection::new(&instance, filter)?;
-    let config = pinned::read_config(&instance)?;
+    let record = pinned::read_record(&instance)?;
     let table = pinned::conntrack(&instance)?;
     let snapshot = snapshot(&table)?;
     let now = monotonic_ns();
     let doomed: Vec<&FlowView> = snapshot
         .flows
         .iter()
-        .filter(|view| selection.matches(&flow(view, &config.timeouts, now)))
+        .filter(|view| selection.matches(&flow(view, &record.timeouts, now)))
         .collect();
     gc::remove_flows(&table, &doomed)?;
     let removed = doomed.len();

@@ -66,9 +66,10 @@ fn addr(raw: u32) -> Ipv4Addr {
 pub fn status(netns: Option<&str>, query: &Query) -> Result<()> {
     let instance = Instance::find(&netns_label(netns)?, query.uplink.as_deref())?;
     let config = pinned::read_config(&instance)?;
+    let record = pinned::read_record(&instance)?;
     let table = pinned::conntrack(&instance)?;
     let snapshot = crate::datapath::flows::snapshot(&table)?;
-    let mode = config.attach_mode();
+    let mode = record.attach_mode();
     let hooks = pinned::hook_programs(&instance, mode)
         .into_iter()
         .map(|(hook, program_id)| Hook { hook, program_id })
@@ -98,17 +99,17 @@ pub fn status(netns: Option<&str>, query: &Query) -> Result<()> {
         pod_cidr: format!("{}/{prefix}", addr(config.pod_net)),
         nat_address: addr(config.nat_addr),
         port_range: format!("{}-{}", config.port_min, config.port_max),
-        timeouts: config
+        timeouts: record
             .timeouts
             .named()
             .iter()
             .map(|(n, v)| ((*n).to_owned(), (*v).into()))
             .collect(),
-        ct_max: config.ct_max,
+        ct_max: record.ct_max,
         ct_max_per_pod: config.ct_max_per_pod,
         flows: snapshot.flows.len(),
         table_entries: snapshot.entries,
-        table_capacity: config.ct_max.saturating_mul(2),
+        table_capacity: record.ct_max.saturating_mul(2),
         traces: super::trace::listening(&instance)?,
         source_checked_ports: ports::live_ports(&instance)?.len(),
         pin_dir: instance.dir().display().to_string(),

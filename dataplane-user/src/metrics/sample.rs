@@ -99,6 +99,7 @@ impl Sample {
     pub fn read(instance: &Instance) -> Result<Self> {
         let counters = counter_totals(instance)?;
         let config = pinned::read_config(instance)?;
+        let record = pinned::read_record(instance)?;
         let table = pinned::conntrack(instance)?;
         let snapshot = snapshot(&table)?;
         let mut flows: BTreeMap<_, u64> = STATES
@@ -110,7 +111,7 @@ impl Sample {
                 .entry((protocol(view.key.proto), view.state().name()))
                 .or_default() += 1;
         }
-        let maps = map_fill::bounded_maps(instance, config.attach_mode(), snapshot.entries)?;
+        let maps = map_fill::bounded_maps(instance, record.attach_mode(), snapshot.entries)?;
         let containers = container_usage(instance, &snapshot.flows)?;
         Ok(Self {
             counters,
