@@ -38,6 +38,9 @@ pub const PIN_PROG_POD_PORT: &str = "prog_pod_port_ingress";
 /// spoofed packet on) and handle.
 const CLSACT_PRIORITY: u16 = 1;
 const CLSACT_HANDLE: u32 = 0xb9a5;
+/// The name tc lists the port filter under: the program's, cut to the 15
+/// bytes the kernel keeps (BPF_OBJ_NAME_LEN).
+const FILTER_NAME: &str = "pod_port_ingres";
 
 /// A container's bridge port.
 #[derive(Clone, Copy, Debug)]
@@ -151,11 +154,7 @@ pub fn detach(instance: &Instance, mode: AttachMode, port: Port) -> Result<()> {
             .with_context(|| format!("unpinning {}", pin.display()))?;
     }
     if mode == AttachMode::Clsact {
-        match qdisc_detach_program(
-            port.name,
-            TcAttachType::Ingress,
-            maps::PROG_POD_PORT_INGRESS,
-        ) {
+        match qdisc_detach_program(port.name, TcAttachType::Ingress, FILTER_NAME) {
             Ok(()) => {}
             // No such port, or no check on it: nothing to remove.
             Err(TcError::IoError(e))
@@ -261,4 +260,15 @@ fn interface_index(name: &str) -> Option<u32> {
     // SAFETY: plain libc call with a NUL-terminated name.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     (index != 0).then_some(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_name_is_the_program_name_as_the_kernel_keeps_it() {
+        let kept = &maps::PROG_POD_PORT_INGRESS[..maps::PROG_POD_PORT_INGRESS.len().min(15)];
+        assert_eq!(FILTER_NAME, kept);
+    }
 }
