@@ -230,7 +230,10 @@ pub async fn detach_instance(netlink: &Netlink, instance: &Instance) -> Result<(
         };
         errors.extend(pinned::write_config(instance, &inert).err());
     }
-    errors.extend(ports::detach_recorded(instance, pinned_record.attach_mode()));
+    errors.extend(ports::detach_recorded(
+        instance,
+        pinned_record.attach_mode(),
+    ));
     errors.extend(tc::detach(netlink, instance, &ifaces, &record).await);
     errors.extend(instance.remove_pins().err());
     if errors.is_empty() {

@@ -9,7 +9,7 @@
 //! tcx links are preferred (kernel >= 6.6): they are pinned, so the datapath
 //! outlives the loader and detaching is unpinning. Without tcx, a clsact
 //! qdisc with cls_bpf filters does the job; their priority and handle are
-//! recorded in the CONFIG map so `detach` removes exactly those filters.
+//! recorded in the RECORD map so `detach` removes exactly those filters.
 //! Either way a failure half-way rolls back what was attached.
 
 use std::path::Path;
