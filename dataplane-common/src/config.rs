@@ -142,6 +142,7 @@ mod tests {
         use crate::{
             flow::{FlowEntry, FlowKey},
             pods::PodRecord,
+            trace::TraceEvent,
         };
         use core::mem::size_of;
         let sizes = (
@@ -150,8 +151,10 @@ mod tests {
             size_of::<FlowKey>(),
             size_of::<FlowEntry>(),
             size_of::<PodRecord>(),
+            // What the trace ring buffers carry.
+            size_of::<TraceEvent>(),
         );
-        assert_eq!((LAYOUT_VERSION, sizes), (3, (32, 80, 16, 56, 100)));
+        assert_eq!((LAYOUT_VERSION, sizes), (3, (32, 80, 16, 56, 100, 56)));
     }
 
     #[test]

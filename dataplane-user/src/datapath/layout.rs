@@ -12,6 +12,7 @@ use dataplane_common::{
     flow::{FlowEntry, FlowKey},
     maps,
     pods::PodRecord,
+    trace,
 };
 
 use super::{instance::Instance, pinned};
@@ -25,7 +26,7 @@ struct Expected {
     min_entries: u32,
 }
 
-const EXPECTED: [Expected; 7] = [
+const EXPECTED: [Expected; 9] = [
     Expected {
         name: maps::CONFIG,
         key_size: size_of::<u32>(),
@@ -68,6 +69,18 @@ const EXPECTED: [Expected; 7] = [
         key_size: size_of::<u32>(),
         value_size: size_of::<u64>(),
         min_entries: Counter::COUNT,
+    },
+    Expected {
+        name: maps::TRACE_ACTIVE,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<u32>(),
+        min_entries: 1,
+    },
+    Expected {
+        name: maps::TRACE_LOST,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<u64>(),
+        min_entries: trace::SLOTS,
     },
 ];
 
