@@ -3,7 +3,7 @@
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader, Pod,
     maps::{Array, LpmTrie, MapData, lpm_trie::Key},
     programs::SchedClassifier,
 };
@@ -164,22 +164,19 @@ pub fn program_ids(ebpf: &mut Ebpf) -> Result<[u32; 3]> {
 
 /// Writes the CONFIG map's only slot.
 pub fn write_config(ebpf: &mut Ebpf, config: &NatConfig) -> Result<()> {
-    let mut array: Array<&mut MapData, NatConfig> = ebpf
-        .map_mut(maps::CONFIG)
-        .ok_or_else(|| anyhow!("map {} missing", maps::CONFIG))?
-        .try_into()?;
-    array
-        .set(0, config, 0)
-        .context("writing the datapath configuration")
+    write_only_slot(ebpf, maps::CONFIG, config).context("writing the datapath configuration")
 }
 
 /// Writes the RECORD map's only slot.
 pub fn write_record(ebpf: &mut Ebpf, record: &DatapathRecord) -> Result<()> {
-    let mut array: Array<&mut MapData, DatapathRecord> = ebpf
-        .map_mut(maps::RECORD)
-        .ok_or_else(|| anyhow!("map {} missing", maps::RECORD))?
+    write_only_slot(ebpf, maps::RECORD, record).context("writing the datapath's record")
+}
+
+/// Writes slot 0 of the one-slot array `name`.
+fn write_only_slot<T: Pod>(ebpf: &mut Ebpf, name: &str, value: &T) -> Result<()> {
+    let mut array: Array<&mut MapData, T> = ebpf
+        .map_mut(name)
+        .ok_or_else(|| anyhow!("map {name} missing"))?
         .try_into()?;
-    array
-        .set(0, record, 0)
-        .context("writing the datapath's record")
+    Ok(array.set(0, value, 0)?)
 }
