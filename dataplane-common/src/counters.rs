@@ -236,6 +236,11 @@ counters! {
     /// An unreplied flow removed to make room in a full table for a new
     /// one, as nf_conntrack's early drop does (never an answered flow).
     FlowsEarlyDropped = "flows_early_dropped" in FlowsEarlyDropped,
+    /// Fast path declined: a source or destination in a range whose
+    /// forwarding the host's routing judges itself (0.0.0.0/8, 127.0.0.0/8,
+    /// 224.0.0.0/4, 240.0.0.0/4: `dataplane_common::martian`); the host
+    /// drops what it deems martian.
+    FallbackMartian = "fallback_martian" in Fallbacks,
 }
 
 impl Counter {
