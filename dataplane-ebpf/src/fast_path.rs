@@ -10,10 +10,14 @@
 //! program, once it translated a reply back to its pod, routes and redirects
 //! it to the bridge, which hands it to the container's port.
 //!
+//! The host's nf_conntrack never sees a fast-pathed flow, so the ICMP errors
+//! about it go the fast way too, both ways: handed to the host, a stateful
+//! FORWARD rule (`--ctstate INVALID -j DROP`) would drop them.
+//!
 //! Anything the fast path does not handle goes the slow way, untouched and
 //! counted by reason: the host stack then does what it always did (sends the
 //! ICMP error for an expiring TTL, a missing route or a too small MTU,
-//! fragments, delivers to itself...).
+//! fragments, delivers to itself, drops martians...).
 
 use core::mem::{size_of, zeroed};
 

@@ -65,7 +65,15 @@ pub fn drop_invalid_forwarded(lab: &Lab, node: &str) {
     lab.exec_ok(
         node,
         &[
-            "iptables", "-A", "FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP",
+            "iptables",
+            "-A",
+            "FORWARD",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "INVALID",
+            "-j",
+            "DROP",
         ],
     );
 }

@@ -10,9 +10,7 @@ use bpfmasq_e2e::{
     Datapath, Lab,
     capture::Capture,
     icmp,
-    outgoing_errors::{
-        self, ICMP_TIME_EXCEEDED, assert_translated_errors, datagram_from_c1,
-    },
+    outgoing_errors::{self, ICMP_TIME_EXCEEDED, assert_translated_errors, datagram_from_c1},
     topology::{OUT, OUTSIDE_ADDR, UPLINK, container},
     udp,
 };

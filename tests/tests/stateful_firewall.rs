@@ -9,18 +9,24 @@
 //! Also the host's martian rules: a pod's packet to an address the host
 //! never forwards must not leave through the fast path either.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
 
 use bpfmasq_e2e::{
     Datapath, Lab,
     capture::Capture,
     datapath::fast_path_mode,
-    far_path,
+    far_path, fragments,
     frame::{IPPROTO_UDP, Packet, Seen},
     inject::{Injector, mac_of},
     netfilter::drop_invalid_forwarded,
-    outgoing_errors,
-    topology::{BRIDGE, HOST, HOST_UPLINK_ADDR, OUT, OUTSIDE_ADDR, UPLINK, container, container_addr},
+    outgoing_errors, pattern,
+    topology::{
+        BRIDGE, HOST, HOST_UPLINK_ADDR, OUT, OUTSIDE_ADDR, UPLINK, container, container_addr,
+    },
+    udp::UdpEchoServer,
 };
 
 /// The far-peer lab (`path.rs`) with the INVALID rule in its host.
@@ -58,6 +64,16 @@ fn tcp_upload_through_a_stateful_firewall_discovers_the_path_mtu() {
     far_path::assert_tcp_upload_discovers_the_path_mtu(&lab, &dp);
 }
 
+/// Fragments are left to the host both ways (its conntrack reassembles
+/// them and sees a new or known UDP flow, never an INVALID one).
+#[test]
+fn large_datagrams_cross_a_stateful_firewall_both_ways() {
+    let lab = lab_with_stateful_firewall("fwfrag");
+    let dp = Datapath::attach(&lab);
+    let server = UdpEchoServer::spawn(&lab, OUT, SocketAddrV4::new(OUTSIDE_ADDR, 5300), "out");
+    fragments::assert_large_round_trip_from_c1(&lab, &dp, server, &pattern::bytes(7, 8000));
+}
+
 #[test]
 fn a_pods_port_unreachable_passes_a_stateful_firewall_translated() {
     let lab = lab_with_stateful_firewall("fwunrch");
@@ -80,7 +96,14 @@ fn a_pods_packets_to_martian_destinations_never_leave() {
     // default route.
     lab.exec_ok(
         HOST,
-        &["ip", "route", "add", "default", "via", &OUTSIDE_ADDR.to_string()],
+        &[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &OUTSIDE_ADDR.to_string(),
+        ],
     );
     let dp = Datapath::attach(&lab);
     let capture = Capture::start_keeping(&lab, OUT, UPLINK);
