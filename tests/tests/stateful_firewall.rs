@@ -21,7 +21,7 @@ use bpfmasq_e2e::{
     far_path, fragments,
     frame::{IPPROTO_UDP, Packet, Seen},
     inject::{Injector, mac_of},
-    netfilter::drop_invalid_forwarded,
+    netfilter::{drop_invalid_forwarded, invalid_forwarded_dropped},
     outgoing_errors, pattern,
     topology::{
         BRIDGE, HOST, HOST_UPLINK_ADDR, OUT, OUTSIDE_ADDR, UPLINK, container, container_addr,
@@ -36,11 +36,24 @@ fn lab_with_stateful_firewall(id: &str) -> Lab {
     lab
 }
 
+/// The rule never had anything to drop: every packet the host forwarded
+/// belonged to a connection nf_conntrack knew or could start.
+fn assert_nothing_was_invalid(lab: &Lab, dp: &Datapath<'_>) {
+    let dropped = invalid_forwarded_dropped(lab, HOST);
+    assert_eq!(
+        dropped,
+        0,
+        "the INVALID rule dropped packets\n{}",
+        dp.diagnostics()
+    );
+}
+
 #[test]
 fn udp_traceroute_through_a_stateful_firewall_shows_every_hop() {
     let lab = lab_with_stateful_firewall("fwtrudp");
     let dp = Datapath::attach(&lab);
     far_path::assert_udp_traceroute_shows_every_hop(&lab, &dp);
+    assert_nothing_was_invalid(&lab, &dp);
 }
 
 #[test]
@@ -48,6 +61,7 @@ fn icmp_traceroute_through_a_stateful_firewall_shows_every_hop() {
     let lab = lab_with_stateful_firewall("fwtricmp");
     let dp = Datapath::attach(&lab);
     far_path::assert_icmp_traceroute_shows_every_hop(&lab, &dp);
+    assert_nothing_was_invalid(&lab, &dp);
 }
 
 #[test]
@@ -55,6 +69,7 @@ fn tracepath_through_a_stateful_firewall_finds_the_path_mtu() {
     let lab = lab_with_stateful_firewall("fwtrpath");
     let dp = Datapath::attach(&lab);
     far_path::assert_tracepath_finds_the_hops_and_the_path_mtu(&lab, &dp);
+    assert_nothing_was_invalid(&lab, &dp);
 }
 
 #[test]
@@ -62,6 +77,7 @@ fn tcp_upload_through_a_stateful_firewall_discovers_the_path_mtu() {
     let lab = lab_with_stateful_firewall("fwpmtu");
     let dp = Datapath::attach(&lab);
     far_path::assert_tcp_upload_discovers_the_path_mtu(&lab, &dp);
+    assert_nothing_was_invalid(&lab, &dp);
 }
 
 /// Fragments are left to the host both ways (its conntrack reassembles
@@ -72,6 +88,7 @@ fn large_datagrams_cross_a_stateful_firewall_both_ways() {
     let dp = Datapath::attach(&lab);
     let server = UdpEchoServer::spawn(&lab, OUT, SocketAddrV4::new(OUTSIDE_ADDR, 5300), "out");
     fragments::assert_large_round_trip_from_c1(&lab, &dp, server, &pattern::bytes(7, 8000));
+    assert_nothing_was_invalid(&lab, &dp);
 }
 
 #[test]
@@ -79,6 +96,7 @@ fn a_pods_port_unreachable_passes_a_stateful_firewall_translated() {
     let lab = lab_with_stateful_firewall("fwunrch");
     let dp = Datapath::attach(&lab);
     outgoing_errors::assert_pods_port_unreachable_reaches_the_peer(&lab, &dp);
+    assert_nothing_was_invalid(&lab, &dp);
 }
 
 /// Destinations the host drops as martians (Linux since 5.3 routes the
