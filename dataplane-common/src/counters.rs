@@ -239,6 +239,11 @@ counters! {
     /// Dropped on a pod's bridge port: the source is not an address
     /// recorded for that port (a pod sending as another).
     DropSpoofedSourceOnBridge = "drop_spoofed_source_on_bridge" in Drops,
+    /// Fast path declined: a source or destination in a range whose
+    /// forwarding the host's routing judges itself (0.0.0.0/8, 127.0.0.0/8,
+    /// 224.0.0.0/4, 240.0.0.0/4: `dataplane_common::martian`); the host
+    /// drops what it deems martian.
+    FallbackMartian = "fallback_martian" in Fallbacks,
 }
 
 impl Counter {

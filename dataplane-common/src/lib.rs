@@ -16,6 +16,7 @@ pub mod flow;
 pub mod fragments;
 pub mod kernel;
 pub mod maps;
+pub mod martian;
 pub mod pods;
 pub mod ports;
 pub mod tcp_window;

@@ -10,10 +10,14 @@
 //! program, once it translated a reply back to its pod, routes and redirects
 //! it to the bridge, which hands it to the container's port.
 //!
+//! The host's nf_conntrack never sees a fast-pathed flow, so the ICMP errors
+//! about it go the fast way too, both ways: handed to the host, a stateful
+//! FORWARD rule (`--ctstate INVALID -j DROP`) would drop them.
+//!
 //! Anything the fast path does not handle goes the slow way, untouched and
 //! counted by reason: the host stack then does what it always did (sends the
 //! ICMP error for an expiring TTL, a missing route or a too small MTU,
-//! fragments, delivers to itself...).
+//! fragments, delivers to itself, drops martians...).
 
 use core::mem::{size_of, zeroed};
 
@@ -29,11 +33,12 @@ use dataplane_common::{
     config::NatConfig,
     counters::Counter,
     flow::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    martian::is_martian,
 };
 use network_types::ip::Ipv4Hdr;
 
 use crate::{
-    kernel,
+    icmp_error, kernel,
     maps::CONFIG,
     nat::is_excluded,
     offsets::{IPV4_CHECK, IPV4_TTL, TCP_DATA_OFFSET, TCP_DEST, TCP_SOURCE, UDP_LEN},
@@ -83,11 +88,16 @@ pub fn forward_out(ctx: &TcContext) -> Outcome {
     if is_excluded(ip.dst) {
         return fallback(Counter::FallbackExcluded);
     }
+    // The route lookup skips the host's martian rules: the host judges.
+    if is_martian(ip.dst) {
+        return fallback(Counter::FallbackMartian);
+    }
     forward(ctx, &ip, cfg.uplink_ifindex, Crossing::Out)
 }
 
-/// Uplink ingress, after the NAT translated a reply back to its pod:
-/// delivered straight to the bridge.
+/// Uplink ingress, after the NAT translated a packet of a flow back to its
+/// pod (a reply, or an ICMP error about the flow): delivered straight to
+/// the bridge.
 #[inline(always)]
 pub fn deliver_in(ctx: &TcContext) -> Outcome {
     let Some(cfg) = enabled() else {
@@ -96,6 +106,11 @@ pub fn deliver_in(ctx: &TcContext) -> Outcome {
     let Ok(ip) = parse_ipv4(ctx) else {
         return Ok(Verdict::Ignored);
     };
+    // An ICMP error's source is whichever router sent it: the host judges
+    // a martian one, as it would without the fast path.
+    if is_martian(ip.src) {
+        return fallback(Counter::FallbackMartian);
+    }
     forward(ctx, &ip, cfg.bridge_ifindex, Crossing::In)
 }
 
@@ -235,7 +250,9 @@ fn header_fields(ctx: &TcContext, ip: &Ipv4) -> Option<(u8, u8, u8)> {
 
 /// The ports (echo identifier for ICMP) and header length, or `None` for
 /// what the fast path leaves to the host: outgoing, only what the NAT
-/// masquerades (TCP, UDP, ICMP echo requests); incoming, the NAT already
+/// masquerades (TCP, UDP, ICMP echo requests) and the pod's ICMP errors
+/// about such flows (the host's conntrack never saw the flow, so a stateful
+/// firewall there would drop them as INVALID); incoming, the NAT already
 /// translated it.
 #[inline(always)]
 fn route_keys(ctx: &TcContext, ip: &Ipv4, crossing: Crossing) -> Option<RouteKeys> {
@@ -258,7 +275,10 @@ fn route_keys(ctx: &TcContext, ip: &Ipv4, crossing: Crossing) -> Option<RouteKey
         }
         IPPROTO_ICMP => {
             let icmp_type: u8 = ctx.load(ip.l4_off).ok()?;
-            (crossing == Crossing::In || icmp_type == ICMP_ECHO_REQUEST).then_some(RouteKeys {
+            (crossing == Crossing::In
+                || icmp_type == ICMP_ECHO_REQUEST
+                || icmp_error::is_error(icmp_type))
+            .then_some(RouteKeys {
                 src_port: 0,
                 dst_port: 0,
                 header_len: 0,

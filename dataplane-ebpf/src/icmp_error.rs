@@ -147,8 +147,10 @@ pub fn unsnat_error(ctx: &TcContext, ip: &Ipv4, cfg: &NatConfig) -> Outcome {
     rewrite_quoted(ctx, ip, &quoted, Endpoint::Source, pod)?;
     // Outer destination: the IPv4 header checksum only (ICMP has no pseudo-header).
     rewrite_address(ctx, ip, Endpoint::Destination, (cfg.nat_addr, pod.0))?;
-    // Not `Translated`: an ICMP error never takes the fast path.
-    Ok(Verdict::Pass(Counter::TranslatedIcmpError))
+    // `Translated`: it takes the fast path to the pod like the flow's other
+    // packets (the host's conntrack never saw the flow: a stateful firewall
+    // there would drop the error as INVALID).
+    Ok(Verdict::Translated(Counter::TranslatedIcmpError))
 }
 
 /// An ICMP error leaving through the uplink that quotes a packet of a pod's

@@ -586,6 +586,17 @@ fn the_fast_path_leaves_what_it_cannot_forward_untouched_and_says_why() {
             to_this_host(frame(POD1, PEER, 1, icmp_echo(0, 7), 0, false)),
             Counter::FallbackUnsupported,
         ),
+        // The route lookup skips the host's martian rules.
+        (packet(Ipv4Addr::UNSPECIFIED), Counter::FallbackMartian),
+        (packet(Ipv4Addr::new(0, 1, 2, 3)), Counter::FallbackMartian),
+        (
+            packet(Ipv4Addr::new(127, 0, 0, 1)),
+            Counter::FallbackMartian,
+        ),
+        (
+            packet(Ipv4Addr::new(240, 1, 2, 3)),
+            Counter::FallbackMartian,
+        ),
     ];
     for (n, (f, reason)) in cases.iter().enumerate() {
         let (verdict, out) = p.run(maps::PROG_BRIDGE_INGRESS, f);

@@ -17,6 +17,8 @@ use crate::{
 
 /// Payload bytes per fragment: what fits a 1500-byte MTU.
 pub const FRAGMENT_PAYLOAD: usize = 1480;
+/// The UDP header, which the first fragment carries.
+const UDP_HEADER_LEN: usize = 8;
 
 /// How long sending may take: starting Python and importing scapy takes
 /// over a minute in a software-emulated VM with a cold page cache.
@@ -121,6 +123,43 @@ pub fn send(lab: &Lab, node: &str, datagram: &Datagram, order: Order) -> usize {
     sent.trim()
         .parse()
         .unwrap_or_else(|_| panic!("scapy printed {sent:?}, not a fragment count"))
+}
+
+/// c1 sends `request`, larger than the MTU, to the echo `server` (tagged
+/// `out`) from a socket of its own and asserts the echo comes back whole and
+/// the server got the whole datagram from the NAT address; both ways, the
+/// datagram's later fragments went through the datapath's fragment path.
+pub fn assert_large_round_trip_from_c1(
+    lab: &Lab,
+    dp: &Datapath<'_>,
+    server: UdpEchoServer,
+    request: &[u8],
+) {
+    let socket =
+        udp::bind(lab, &container(1), SocketAddrV4::new(container_addr(1), 0)).expect("bind in c1");
+    let answer = udp::request(&socket, server.addr(), request).unwrap_or_else(|e| {
+        panic!(
+            "a {}-byte datagram round trip failed: {e}\n{}",
+            request.len(),
+            dp.diagnostics()
+        )
+    });
+    assert!(
+        answer == echo::reply("out", request),
+        "the answer differs from what was sent ({} bytes back)",
+        answer.len()
+    );
+    let requests = server.stop();
+    assert!(
+        requests
+            .iter()
+            .all(|r| *r.peer.ip() == HOST_UPLINK_ADDR && r.payload == request),
+        "the server must get the whole datagram from the NAT address: {:?}",
+        udp::peers(&requests)
+    );
+    // The later fragments each way went through the datapath's fragment path.
+    let later_fragments = (UDP_HEADER_LEN + request.len()).div_ceil(FRAGMENT_PAYLOAD) - 1;
+    dp.assert_counter_at_least("translated_fragment", 2 * later_fragments as u64);
 }
 
 /// Sends `payload` from a socket of c1 to the echo `server` (tagged `out`)

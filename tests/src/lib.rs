@@ -33,7 +33,9 @@
 //! - [`snmp`]: the kernel's own IP counters of a lab node;
 //! - [`daemon_support`]: `bpfmasq run` as a guarded child process, polling with a deadline,
 //!   the SIGKILL-mid-transfer restart scenario;
-//! - [`netfilter`]: looking for NAT rules in a namespace;
+//! - [`netfilter`]: looking for NAT rules in a namespace, adding a stateful FORWARD rule;
+//! - [`far_path`]: traceroute, tracepath and a PMTU-limited upload to the far peer, checked;
+//! - [`outgoing_errors`]: ICMP errors about a pod's flow leaving through the uplink, checked at the peer;
 //! - [`http`]: a plain HTTP GET from inside a lab node;
 //! - [`prometheus`]: a real Prometheus server in a lab node, scraping a target, queried by its API;
 //! - [`tracer`]: `bpfmasq trace --json` as a guarded child process, its events collected;
@@ -49,6 +51,7 @@ pub mod cni;
 pub mod daemon_support;
 pub mod datapath;
 pub mod echo;
+pub mod far_path;
 pub mod fragments;
 pub mod frame;
 pub mod http;
@@ -58,6 +61,7 @@ pub mod kernel;
 pub mod lab;
 pub mod netfilter;
 pub mod netns;
+pub mod outgoing_errors;
 pub mod pattern;
 pub mod podman;
 pub mod podman_image;

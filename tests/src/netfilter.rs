@@ -1,5 +1,6 @@
-//! Looking for NAT in a namespace's netfilter configuration: the datapath
-//! must work with no nat table and no MASQUERADE/SNAT rule anywhere.
+//! A lab namespace's netfilter configuration: looking for NAT in it (the
+//! datapath must work with no nat table and no MASQUERADE/SNAT rule
+//! anywhere), and giving it the stateful rules hosts carry.
 
 use crate::{lab::Lab, process::describe};
 
@@ -55,6 +56,36 @@ pub fn is_nat(line: &str) -> bool {
         || words
             .iter()
             .any(|w| matches!(*w, "masquerade" | "snat" | "dnat"))
+}
+
+/// The rule kube-proxy (and many host firewalls) install: forwarded packets
+/// nf_conntrack finds no connection for are dropped. Appended to `node`'s
+/// FORWARD chain with the real `iptables`; it goes with the namespace.
+pub fn drop_invalid_forwarded(lab: &Lab, node: &str) {
+    lab.exec_ok(
+        node,
+        &[
+            "iptables",
+            "-A",
+            "FORWARD",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "INVALID",
+            "-j",
+            "DROP",
+        ],
+    );
+}
+
+/// How many packets `node`'s rule from [`drop_invalid_forwarded`] dropped.
+pub fn invalid_forwarded_dropped(lab: &Lab, node: &str) -> u64 {
+    let listing = lab.exec_ok(node, &["iptables", "-L", "FORWARD", "-v", "-n", "-x"]);
+    listing
+        .lines()
+        .find(|line| line.contains("INVALID") && line.contains("DROP"))
+        .and_then(|line| line.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no INVALID rule in FORWARD:\n{listing}"))
 }
 
 fn which(program: &str) -> bool {

@@ -12,7 +12,6 @@ use std::{
 use bpfmasq_e2e::{
     Datapath, Lab,
     datapath::counter,
-    echo,
     fragments::{self, Datagram, FRAGMENT_PAYLOAD, Order, RECEIVE_WAIT},
     pattern,
     topology::{HOST, HOST_UPLINK_ADDR, OUT, OUTSIDE_ADDR, container, container_addr},
@@ -65,31 +64,7 @@ fn flow_to_server(lab: &Lab, server: &UdpEchoServer) -> (UdpSocket, SocketAddrV4
 fn large_datagrams_cross_both_ways_in_order() {
     let lab = Lab::up("frag-order", 1);
     let dp = Datapath::attach(&lab);
-    let server = server(&lab);
-    let socket = udp::bind(&lab, &container(1), SocketAddrV4::new(container_addr(1), 0))
-        .expect("bind in c1");
-    let request = pattern::bytes(1, LARGE);
-    let answer = udp::request(&socket, server.addr(), &request).unwrap_or_else(|e| {
-        panic!(
-            "an {LARGE}-byte datagram round trip failed: {e}\n{}",
-            dp.diagnostics()
-        )
-    });
-    assert!(
-        answer == echo::reply("out", &request),
-        "the answer differs from what was sent ({} bytes back)",
-        answer.len()
-    );
-    let requests = server.stop();
-    assert!(
-        requests
-            .iter()
-            .all(|r| *r.peer.ip() == HOST_UPLINK_ADDR && r.payload == request),
-        "the server must get the whole datagram from the NAT address: {:?}",
-        udp::peers(&requests)
-    );
-    // Five later fragments each way went through the datapath's fragment path.
-    dp.assert_counter_at_least("translated_fragment", 10);
+    fragments::assert_large_round_trip_from_c1(&lab, &dp, server(&lab), &pattern::bytes(1, LARGE));
 }
 
 #[test]

@@ -4,24 +4,16 @@
 //! (the host's own, or the pod's) reaches the peer translated, as
 //! MASQUERADE translates RELATED packets: no pod address leaves quoted.
 
-use std::{
-    io,
-    net::{SocketAddr, SocketAddrV4, UdpSocket},
-    time::Duration,
-};
+use std::{net::SocketAddrV4, time::Duration};
 
 use bpfmasq_e2e::{
     Datapath, Lab,
-    capture::{Capture, Captured},
+    capture::Capture,
     icmp,
-    topology::{HOST_UPLINK_ADDR, OUT, OUTSIDE_ADDR, UPLINK, container, container_addr},
+    outgoing_errors::{self, ICMP_TIME_EXCEEDED, assert_translated_errors, datagram_from_c1},
+    topology::{OUT, OUTSIDE_ADDR, UPLINK, container},
     udp,
 };
-
-/// The peer's service the tests below answer from.
-const PEER_PORT: u16 = 5301;
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_TIME_EXCEEDED: u8 = 11;
 
 /// Nothing listens here in the outside peer.
 const CLOSED_PORT: u16 = 9;
@@ -47,52 +39,6 @@ fn the_hosts_own_time_exceeded_reaches_the_container() {
         "c1 did not get the host's time-exceeded: {text}\n{}",
         dp.diagnostics()
     );
-}
-
-/// c1 sends a datagram to the peer; the peer receives it on a socket of
-/// its own and returns that socket, connected back to the NAT address and
-/// port it saw (the container's masqueraded source), with `c1`'s socket.
-fn datagram_from_c1(lab: &Lab) -> (UdpSocket, UdpSocket, SocketAddrV4) {
-    let service = SocketAddrV4::new(OUTSIDE_ADDR, PEER_PORT);
-    let peer = udp::bind(lab, OUT, service).expect("binding the peer's socket");
-    let c1 = udp::bind(lab, &container(1), SocketAddrV4::new(container_addr(1), 0))
-        .expect("binding c1's socket");
-    c1.send_to(b"hello", service).expect("c1 sending");
-    let (_, seen) =
-        udp::receive(&peer, Duration::from_secs(5)).expect("the peer never received c1's datagram");
-    let SocketAddr::V4(seen) = seen else {
-        panic!("an IPv6 peer address: {seen}")
-    };
-    assert_eq!(*seen.ip(), HOST_UPLINK_ADDR, "c1 was not masqueraded");
-    peer.connect(seen).expect("connecting the peer's socket");
-    (peer, c1, seen)
-}
-
-/// The ICMP errors of `kind` the peer captured, each checked to quote the
-/// NAT address and port `nat` (never a pod), with nothing naming a pod.
-fn assert_translated_errors(captured: &Captured, kind: u8, nat: SocketAddrV4, dp: &Datapath) {
-    let leaks = captured.frames_naming_pods();
-    assert!(leaks.is_empty(), "pod addresses left the uplink: {leaks:?}");
-    let errors: Vec<_> = captured
-        .icmp_errors()
-        .into_iter()
-        .filter(|e| e.icmp_type == kind)
-        .collect();
-    assert!(
-        !errors.is_empty(),
-        "the peer received no ICMP error of type {kind}: {:?}\n{}",
-        captured.icmp_errors(),
-        dp.diagnostics()
-    );
-    for error in errors {
-        assert_eq!(error.source, HOST_UPLINK_ADDR, "{error:?}");
-        assert_eq!(error.quoted_destination, nat, "{error:?}");
-        assert_eq!(
-            error.quoted_source,
-            SocketAddrV4::new(OUTSIDE_ADDR, PEER_PORT),
-            "{error:?}"
-        );
-    }
 }
 
 /// The peer answers a live flow with TTL 1: the host translates it back to
@@ -121,24 +67,5 @@ fn the_hosts_time_exceeded_about_a_reply_quotes_the_nat_address() {
 fn a_pods_port_unreachable_reaches_the_peer_translated() {
     let lab = Lab::up("podunreach", 1);
     let dp = Datapath::attach(&lab);
-    let (peer, c1, nat) = datagram_from_c1(&lab);
-    drop(c1);
-    let capture = Capture::start_keeping(&lab, OUT, UPLINK);
-    peer.send(b"nobody listens any more")
-        .expect("the peer answering");
-    peer.set_read_timeout(Some(Duration::from_secs(3)))
-        .expect("setting a timeout");
-    let refused = (0..3).any(|_| {
-        let _ = peer.send(b"again");
-        matches!(peer.recv(&mut [0; 64]), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused)
-    });
-    let captured = capture.stop();
-    assert!(
-        refused,
-        "the peer's socket was never refused: c1's port unreachable did not arrive \
-         ({:?})\n{}",
-        captured.icmp_errors(),
-        dp.diagnostics()
-    );
-    assert_translated_errors(&captured, ICMP_DEST_UNREACH, nat, &dp);
+    outgoing_errors::assert_pods_port_unreachable_reaches_the_peer(&lab, &dp);
 }
