@@ -357,8 +357,12 @@ impl Packet {
         ip.push(0); // DSCP/ECN
         ip.extend_from_slice(&total.to_be_bytes());
         ip.extend_from_slice(&self.ip_id.to_be_bytes());
-        let more = if self.more_fragments { MORE_FRAGMENTS } else { 0 };
-        ip.extend_from_slice(&(more | self.fragment_offset / 8).to_be_bytes());
+        let more = if self.more_fragments {
+            MORE_FRAGMENTS
+        } else {
+            0
+        };
+        ip.extend_from_slice(&(more | (self.fragment_offset / 8)).to_be_bytes());
         ip.push(self.ttl);
         ip.push(self.proto());
         ip.extend_from_slice(&[0, 0]); // checksum, below
@@ -521,7 +525,12 @@ impl<'a> Ipv4View<'a> {
     }
 
     fn addr(&self, at: usize) -> Ipv4Addr {
-        Ipv4Addr::new(self.ip[at], self.ip[at + 1], self.ip[at + 2], self.ip[at + 3])
+        Ipv4Addr::new(
+            self.ip[at],
+            self.ip[at + 1],
+            self.ip[at + 2],
+            self.ip[at + 3],
+        )
     }
 
     pub fn src(&self) -> Ipv4Addr {
@@ -763,7 +772,11 @@ mod tests {
         let echo = Packet::icmp_echo(A, B, ICMP_ECHO_REQUEST, 77).ttl(1).ipv4();
         let view = Ipv4View::of_packet(&echo).unwrap();
         assert_eq!((view.echo_id(), echo[8]), (Some(77), 1));
-        assert_eq!(view.quoted().map(|q| q.src()), None, "an echo quotes nothing");
+        assert_eq!(
+            view.quoted().map(|q| q.src()),
+            None,
+            "an echo quotes nothing"
+        );
 
         let later = Packet::other(A, B, IPPROTO_UDP)
             .ip_id(0x4321)
@@ -781,7 +794,11 @@ mod tests {
         assert_eq!(view.transport_checksum_holds(), Some(true));
 
         let broken = Packet::udp(A, B, 1, 2).bad_ip_checksum().ipv4();
-        assert!(!Ipv4View::of_packet(&broken).unwrap().header_checksum_holds());
+        assert!(
+            !Ipv4View::of_packet(&broken)
+                .unwrap()
+                .header_checksum_holds()
+        );
         let mut corrupted = Packet::tcp(A, B, 1, 2, TCP_SYN).ipv4();
         corrupted[30] ^= 1;
         let view = Ipv4View::of_packet(&corrupted).unwrap();

@@ -81,7 +81,11 @@ mod test_run {
         let (verdict, out) = p.run(PROG_UPLINK_EGRESS, &frame(&unchecked));
         assert_eq!(verdict, GOES_ON);
         let out = checked(&out);
-        assert_eq!(out.udp_checksum(), Some(0), "a zero UDP checksum means none");
+        assert_eq!(
+            out.udp_checksum(),
+            Some(0),
+            "a zero UDP checksum means none"
+        );
         assert_eq!(out.src(), NAT);
     }
 
@@ -175,9 +179,8 @@ mod test_run {
     #[test]
     fn fragments_are_translated_whatever_their_order() {
         let mut p = Programs::load("frags", FULL_RANGE);
-        let last_fragment_from = |src, dst| {
-            Packet::other(src, dst, IPPROTO_UDP).last_fragment(SECOND_FRAGMENT_AT)
-        };
+        let last_fragment_from =
+            |src, dst| Packet::other(src, dst, IPPROTO_UDP).last_fragment(SECOND_FRAGMENT_AT);
         // Outgoing, the later fragment first: it carries no ports, only its
         // source address changes.
         let later = frame(&last_fragment_from(POD1, PEER));
@@ -252,7 +255,14 @@ mod test_run {
         /// A packet of no flow.
         const STRANGER: Packet = Packet::udp(NAT, PEER, 2001, 53);
         let unreachable = |quoted| {
-            Packet::icmp_error(PEER, NAT, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, quoted, WHOLE)
+            Packet::icmp_error(
+                PEER,
+                NAT,
+                ICMP_DEST_UNREACH,
+                ICMP_PORT_UNREACH,
+                quoted,
+                WHOLE,
+            )
         };
         let mut p = Programs::load("icmperr", ONLY_2000);
         let query = Packet::udp(POD1, PEER, 40000, 53);
@@ -298,7 +308,10 @@ mod test_run {
             (query.first_fragment(), Counter::FallbackFragment),
             // Pod to pod: not masqueraded.
             (Packet::udp(POD1, POD2, 5000, 53), Counter::FallbackExcluded),
-            (Packet::other(POD1, PEER, GRE).payload(8), Counter::FallbackUnsupported),
+            (
+                Packet::other(POD1, PEER, GRE).payload(8),
+                Counter::FallbackUnsupported,
+            ),
             (
                 Packet::icmp_echo(POD1, PEER, ICMP_ECHO_REPLY, 7),
                 Counter::FallbackUnsupported,
