@@ -168,6 +168,19 @@ impl Programs {
         (result.return_value, out)
     }
 
+    /// Runs `program` on `packet` in a [`frame`], asserting that it goes
+    /// on; returns the frame after it.
+    pub fn let_through(&mut self, program: &str, packet: &Packet) -> Vec<u8> {
+        let (verdict, out) = self.run(program, &frame(packet));
+        assert_eq!(verdict, GOES_ON, "{program} stopped {packet:?}");
+        out
+    }
+
+    /// Runs `program` on `packet` in a [`frame`]; returns the verdict.
+    pub fn verdict(&mut self, program: &str, packet: &Packet) -> u32 {
+        self.run(program, &frame(packet)).0
+    }
+
     /// `counter` summed over every CPU.
     pub fn counter(&self, counter: Counter) -> u64 {
         let map: PerCpuArray<&MapData, u64> =

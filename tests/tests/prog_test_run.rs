@@ -49,8 +49,7 @@ mod test_run {
     fn udp_is_masqueraded_and_reversed_with_valid_checksums() {
         let mut p = Programs::load("udp", FULL_RANGE);
         let query = Packet::udp(POD1, PEER, 40000, 53);
-        let (verdict, out) = p.run(PROG_UPLINK_EGRESS, &frame(&query));
-        assert_eq!(verdict, GOES_ON);
+        let out = p.let_through(PROG_UPLINK_EGRESS, &query);
         let out = checked(&out);
         assert_eq!(
             (out.src(), out.dst(), out.ports()),
@@ -59,8 +58,7 @@ mod test_run {
         );
 
         let answer = Packet::udp(PEER, NAT, 53, 40000);
-        let (verdict, back) = p.run(PROG_UPLINK_INGRESS, &frame(&answer));
-        assert_eq!(verdict, GOES_ON);
+        let back = p.let_through(PROG_UPLINK_INGRESS, &answer);
         let back = checked(&back);
         assert_eq!(
             (back.src(), back.dst(), back.ports()),
@@ -78,8 +76,7 @@ mod test_run {
         let unchecked = Packet::udp(POD1, PEER, 40001, 9)
             .payload(1)
             .udp_no_checksum();
-        let (verdict, out) = p.run(PROG_UPLINK_EGRESS, &frame(&unchecked));
-        assert_eq!(verdict, GOES_ON);
+        let out = p.let_through(PROG_UPLINK_EGRESS, &unchecked);
         let out = checked(&out);
         assert_eq!(
             out.udp_checksum(),
@@ -96,9 +93,8 @@ mod test_run {
     fn second_pod_with_same_port_gets_another_port() {
         let mut p = Programs::load("tcp", FULL_RANGE);
         let syn_from = |pod| Packet::tcp(pod, PEER, 45000, 80, TCP_SYN);
-        let (_, first) = p.run(PROG_UPLINK_EGRESS, &frame(&syn_from(POD1)));
-        let (verdict, second) = p.run(PROG_UPLINK_EGRESS, &frame(&syn_from(POD2)));
-        assert_eq!(verdict, GOES_ON);
+        let first = p.let_through(PROG_UPLINK_EGRESS, &syn_from(POD1));
+        let second = p.let_through(PROG_UPLINK_EGRESS, &syn_from(POD2));
         let (first, second) = (checked(&first), checked(&second));
         assert_eq!((first.src(), first.ports()), (NAT, Some((45000, 80))));
         assert_eq!(second.src(), NAT);
@@ -109,7 +105,7 @@ mod test_run {
         );
 
         let reply = Packet::tcp(PEER, NAT, 80, second_port, TCP_SYN);
-        let (_, back) = p.run(PROG_UPLINK_INGRESS, &frame(&reply));
+        let back = p.let_through(PROG_UPLINK_INGRESS, &reply);
         let back = checked(&back);
         assert_eq!(
             (back.dst(), back.ports()),
@@ -125,12 +121,12 @@ mod test_run {
     fn icmp_echo_identifier_is_translated_both_ways() {
         let mut p = Programs::load("icmp", ONLY_2000);
         let request = Packet::icmp_echo(POD1, PEER, ICMP_ECHO_REQUEST, 77);
-        let (_, out) = p.run(PROG_UPLINK_EGRESS, &frame(&request));
+        let out = p.let_through(PROG_UPLINK_EGRESS, &request);
         let out = checked(&out);
         assert_eq!((out.src(), out.echo_id()), (NAT, Some(2000)));
 
         let reply = Packet::icmp_echo(PEER, NAT, ICMP_ECHO_REPLY, 2000);
-        let (_, back) = p.run(PROG_UPLINK_INGRESS, &frame(&reply));
+        let back = p.let_through(PROG_UPLINK_INGRESS, &reply);
         let back = checked(&back);
         assert_eq!((back.dst(), back.echo_id()), (POD1, Some(77)));
     }
@@ -147,11 +143,10 @@ mod test_run {
             },
         );
         let query_from = |pod| Packet::udp(pod, PEER, 5000, 53);
-        let (verdict, _) = p.run(PROG_UPLINK_EGRESS, &frame(&query_from(POD1)));
-        assert_eq!(verdict, GOES_ON);
-        let (verdict, _) = p.run(PROG_UPLINK_EGRESS, &frame(&query_from(POD2)));
+        p.let_through(PROG_UPLINK_EGRESS, &query_from(POD1));
         assert_eq!(
-            verdict, TC_ACT_SHOT,
+            p.verdict(PROG_UPLINK_EGRESS, &query_from(POD2)),
+            TC_ACT_SHOT,
             "no port left: the packet must be dropped, not sent with its pod source"
         );
         assert_eq!(p.counter(Counter::DropNoPort), 1);
@@ -163,12 +158,9 @@ mod test_run {
     fn untranslatable_pod_packets_are_dropped_and_counted() {
         let mut p = Programs::load("drops", FULL_RANGE);
         let gre = Packet::other(POD1, PEER, GRE).payload(8);
-        assert_eq!(p.run(PROG_UPLINK_EGRESS, &frame(&gre)).0, TC_ACT_SHOT);
+        assert_eq!(p.verdict(PROG_UPLINK_EGRESS, &gre), TC_ACT_SHOT);
         let gre_fragment = gre.first_fragment();
-        assert_eq!(
-            p.run(PROG_UPLINK_EGRESS, &frame(&gre_fragment)).0,
-            TC_ACT_SHOT
-        );
+        assert_eq!(p.verdict(PROG_UPLINK_EGRESS, &gre_fragment), TC_ACT_SHOT);
         assert_eq!(p.counter(Counter::DropUnsupported), 2);
     }
 
@@ -183,37 +175,34 @@ mod test_run {
             |src, dst| Packet::other(src, dst, IPPROTO_UDP).last_fragment(SECOND_FRAGMENT_AT);
         // Outgoing, the later fragment first: it carries no ports, only its
         // source address changes.
-        let later = frame(&last_fragment_from(POD1, PEER));
-        let (verdict, out) = p.run(PROG_UPLINK_EGRESS, &later);
-        assert_eq!(verdict, GOES_ON);
+        let later = last_fragment_from(POD1, PEER);
+        let out = p.let_through(PROG_UPLINK_EGRESS, &later);
         let out = header_checked(&out);
         assert_eq!((out.src(), out.dst()), (NAT, PEER));
-        let sent = Ipv4View::of_frame(&later).expect("an IPv4 frame");
-        assert_eq!(out.transport(), sent.transport());
+        let sent = frame(&later);
+        let sent = Ipv4View::of_frame(&sent).expect("an IPv4 frame");
+        assert_eq!(out.transport(), sent.transport(), "the data are left alone");
         let first = Packet::udp(POD1, PEER, 4000, 53)
             .payload(32)
             .first_fragment();
-        let (verdict, out) = p.run(PROG_UPLINK_EGRESS, &frame(&first));
-        assert_eq!(verdict, GOES_ON);
+        let out = p.let_through(PROG_UPLINK_EGRESS, &first);
         let out = checked(&out);
         assert_eq!((out.src(), out.ports()), (NAT, Some((4000, 53))));
         // Another pod's datagram with the same IP ID to the same peer would
         // merge with this one at the peer: dropped instead.
-        let clash = frame(&last_fragment_from(POD2, PEER));
-        assert_eq!(p.run(PROG_UPLINK_EGRESS, &clash).0, TC_ACT_SHOT);
+        let clash = last_fragment_from(POD2, PEER);
+        assert_eq!(p.verdict(PROG_UPLINK_EGRESS, &clash), TC_ACT_SHOT);
         assert_eq!(p.counter(Counter::DropFragment), 1);
 
         // Incoming, in order: the first fragment tells where the later ones go.
         let reply_first = Packet::udp(PEER, NAT, 53, 4000)
             .payload(32)
             .first_fragment();
-        let (verdict, back) = p.run(PROG_UPLINK_INGRESS, &frame(&reply_first));
-        assert_eq!(verdict, GOES_ON);
+        let back = p.let_through(PROG_UPLINK_INGRESS, &reply_first);
         let back = checked(&back);
         assert_eq!((back.dst(), back.ports()), (POD1, Some((53, 4000))));
         let reply_later = last_fragment_from(PEER, NAT);
-        let (verdict, back) = p.run(PROG_UPLINK_INGRESS, &frame(&reply_later));
-        assert_eq!(verdict, GOES_ON);
+        let back = p.let_through(PROG_UPLINK_INGRESS, &reply_later);
         let back = header_checked(&back);
         assert_eq!((back.src(), back.dst()), (PEER, POD1));
         assert_eq!(p.counter(Counter::TranslatedFragment), 2);
@@ -222,7 +211,7 @@ mod test_run {
         // (released by the first fragment: covered end to end, as releasing
         // re-enters a real interface).
         let early = reply_later.ip_id(0x4321);
-        assert_eq!(p.run(PROG_UPLINK_INGRESS, &frame(&early)).0, TC_ACT_SHOT);
+        assert_eq!(p.verdict(PROG_UPLINK_INGRESS, &early), TC_ACT_SHOT);
         assert_eq!(p.counter(Counter::ParkedFragment), 1);
     }
 
@@ -266,7 +255,7 @@ mod test_run {
         };
         let mut p = Programs::load("icmperr", ONLY_2000);
         let query = Packet::udp(POD1, PEER, 40000, 53);
-        let (_, out) = p.run(PROG_UPLINK_EGRESS, &frame(&query));
+        let out = p.let_through(PROG_UPLINK_EGRESS, &query);
         let out = checked(&out);
         assert_eq!(
             (out.src(), out.ports()),
@@ -274,8 +263,7 @@ mod test_run {
             "left as AS_SENT"
         );
 
-        let (verdict, back) = p.run(PROG_UPLINK_INGRESS, &frame(&unreachable(&AS_SENT)));
-        assert_eq!(verdict, GOES_ON);
+        let back = p.let_through(PROG_UPLINK_INGRESS, &unreachable(&AS_SENT));
         let outer = checked(&back);
         assert_eq!(outer.dst(), POD1, "outer destination back to the pod");
         let quoted = checksums_hold(outer.quoted().expect("a quoted packet"));
