@@ -171,6 +171,11 @@ mod test_run {
     #[test]
     fn fragments_are_translated_whatever_their_order() {
         let mut p = Programs::load("frags", FULL_RANGE);
+        let first_fragment = |src, dst, sport, dport| {
+            Packet::udp(src, dst, sport, dport)
+                .payload(32)
+                .first_fragment()
+        };
         let last_fragment_from =
             |src, dst| Packet::other(src, dst, IPPROTO_UDP).last_fragment(SECOND_FRAGMENT_AT);
         // Outgoing, the later fragment first: it carries no ports, only its
@@ -182,10 +187,7 @@ mod test_run {
         let sent = frame(&later);
         let sent = Ipv4View::of_frame(&sent).expect("an IPv4 frame");
         assert_eq!(out.transport(), sent.transport(), "the data are left alone");
-        let first = Packet::udp(POD1, PEER, 4000, 53)
-            .payload(32)
-            .first_fragment();
-        let out = p.let_through(PROG_UPLINK_EGRESS, &first);
+        let out = p.let_through(PROG_UPLINK_EGRESS, &first_fragment(POD1, PEER, 4000, 53));
         let out = checked(&out);
         assert_eq!((out.src(), out.ports()), (NAT, Some((4000, 53))));
         // Another pod's datagram with the same IP ID to the same peer would
@@ -195,10 +197,7 @@ mod test_run {
         assert_eq!(p.counter(Counter::DropFragment), 1);
 
         // Incoming, in order: the first fragment tells where the later ones go.
-        let reply_first = Packet::udp(PEER, NAT, 53, 4000)
-            .payload(32)
-            .first_fragment();
-        let back = p.let_through(PROG_UPLINK_INGRESS, &reply_first);
+        let back = p.let_through(PROG_UPLINK_INGRESS, &first_fragment(PEER, NAT, 53, 4000));
         let back = checked(&back);
         assert_eq!((back.dst(), back.ports()), (POD1, Some((53, 4000))));
         let reply_later = last_fragment_from(PEER, NAT);
