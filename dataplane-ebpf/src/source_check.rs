@@ -31,7 +31,7 @@ pub fn check(ctx: &TcContext) -> Outcome {
     // SAFETY: the context's own sk_buff.
     let port = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: the value is only read, right here.
-    match unsafe { PODS.get(&ip.src) } {
+    match unsafe { PODS.get(ip.src) } {
         Some(record) if record.host_ifindex == port => Ok(Verdict::Ignored),
         _ => Err(Drop(Counter::DropSpoofedSourceOnBridge)),
     }

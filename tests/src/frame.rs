@@ -1,10 +1,13 @@
 //! Hand-built Ethernet + IPv4 frames, well-formed or deliberately broken
 //! (wrong lengths, truncated headers, odd options, flags and protocols), and
+//! reading frames back: field by field with their checksums checked, or as
 //! a one-line description of a captured frame for test logs.
 //!
 //! A [`Packet`] is a `const` description, so that a test's table of cases
 //! reads as data; [`Packet::frame`] turns it into bytes with every checksum
-//! right unless the description asks otherwise.
+//! right unless the description asks otherwise. [`Ipv4View`] reads the
+//! fields of an IPv4 packet (or of the one an ICMP error quotes) and checks
+//! its checksums; [`Seen`] is the summary of one captured frame.
 
 use std::{fmt::Write as _, net::Ipv4Addr};
 
@@ -18,6 +21,15 @@ const ICMP_HEADER_LEN: usize = 8;
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+/// The code of a destination unreachable: port unreachable.
+pub const ICMP_PORT_UNREACH: u8 = 3;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+
+/// The IPv4 "more fragments" flag, in the flags and fragment offset field.
+const MORE_FRAGMENTS: u16 = 0x2000;
 
 /// TCP flag bits, FIN (0x01) to CWR (0x80).
 pub const TCP_FLAG_NAMES: [char; 8] = ['F', 'S', 'R', 'P', 'A', 'U', 'E', 'C'];
@@ -90,6 +102,13 @@ pub struct Packet {
     pub bad_ip_checksum: bool,
     /// Time to live.
     pub ttl: u8,
+    /// The identification field.
+    pub ip_id: u16,
+    /// Where this fragment's data start in the datagram, in bytes (a
+    /// multiple of 8); 0 for a whole packet or a first fragment.
+    pub fragment_offset: u16,
+    /// The "more fragments" flag: fragments of the datagram follow.
+    pub more_fragments: bool,
     /// Cut the IPv4 packet to this many bytes after building it
     /// (checksums and lengths still describe the whole packet).
     pub cut_to: Option<usize>,
@@ -108,6 +127,9 @@ impl Packet {
             total_length: TotalLength::Right,
             bad_ip_checksum: false,
             ttl: 64,
+            ip_id: 0x4242,
+            fragment_offset: 0,
+            more_fragments: false,
             cut_to: None,
         }
     }
@@ -160,7 +182,15 @@ impl Packet {
         )
     }
 
-    /// An ICMP error quoting the first `bytes` bytes of `quoted` and nothing else.
+    /// An echo request ([`ICMP_ECHO_REQUEST`]) or reply ([`ICMP_ECHO_REPLY`])
+    /// with identifier `id` and sequence number 1.
+    pub const fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr, icmp_type: u8, id: u16) -> Self {
+        let [id_high, id_low] = id.to_be_bytes();
+        Self::icmp(src, dst, icmp_type, 0, [id_high, id_low, 0, 1])
+    }
+
+    /// An ICMP error quoting the first `bytes` bytes of `quoted` (all of it
+    /// when `bytes` is larger) and nothing else.
     pub const fn icmp_error(
         src: Ipv4Addr,
         dst: Ipv4Addr,
@@ -209,6 +239,33 @@ impl Packet {
 
     pub const fn total_length(mut self, length: TotalLength) -> Self {
         self.total_length = length;
+        self
+    }
+
+    pub const fn ttl(mut self, ttl: u8) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    pub const fn ip_id(mut self, id: u16) -> Self {
+        self.ip_id = id;
+        self
+    }
+
+    /// The first fragment of a datagram: offset 0, more fragments follow.
+    /// Its transport header and checksum are built as for a whole packet.
+    pub const fn first_fragment(mut self) -> Self {
+        self.fragment_offset = 0;
+        self.more_fragments = true;
+        self
+    }
+
+    /// The last fragment of a datagram, its data at `offset` bytes (a
+    /// multiple of 8). Use it with [`Packet::other`] and the protocol: a
+    /// later fragment carries no transport header.
+    pub const fn last_fragment(mut self, offset: u16) -> Self {
+        self.fragment_offset = offset;
+        self.more_fragments = false;
         self
     }
 
@@ -299,8 +356,13 @@ impl Packet {
         ip.push(self.version << 4 | (ihl & 0x0f));
         ip.push(0); // DSCP/ECN
         ip.extend_from_slice(&total.to_be_bytes());
-        ip.extend_from_slice(&0x4242u16.to_be_bytes()); // identification
-        ip.extend_from_slice(&[0, 0]); // whole packet: no fragment flags or offset
+        ip.extend_from_slice(&self.ip_id.to_be_bytes());
+        let more = if self.more_fragments {
+            MORE_FRAGMENTS
+        } else {
+            0
+        };
+        ip.extend_from_slice(&(more | (self.fragment_offset / 8)).to_be_bytes());
         ip.push(self.ttl);
         ip.push(self.proto());
         ip.extend_from_slice(&[0, 0]); // checksum, below
@@ -332,14 +394,7 @@ impl Packet {
     /// The transport header and payload, checksummed.
     fn transport(&self) -> Vec<u8> {
         let payload: Vec<u8> = (0..self.payload).map(|i| b'a' + (i % 26) as u8).collect();
-        let pseudo = |len: usize| {
-            let mut p = Vec::with_capacity(12);
-            p.extend_from_slice(&self.src.octets());
-            p.extend_from_slice(&self.dst.octets());
-            p.extend_from_slice(&[0, self.proto()]);
-            p.extend_from_slice(&(len as u16).to_be_bytes());
-            p
-        };
+        let pseudo = |len: usize| pseudo_header(self.src, self.dst, self.proto(), len);
         match self.l4 {
             L4::Tcp {
                 sport,
@@ -435,6 +490,154 @@ pub fn checksum(parts: &[&[u8]]) -> u16 {
     !(sum as u16)
 }
 
+/// The IPv4 pseudo-header TCP and UDP checksums cover.
+fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> [u8; 12] {
+    let mut pseudo = [0; 12];
+    pseudo[..4].copy_from_slice(&src.octets());
+    pseudo[4..8].copy_from_slice(&dst.octets());
+    pseudo[9] = proto;
+    pseudo[10..].copy_from_slice(&(len as u16).to_be_bytes());
+    pseudo
+}
+
+/// An IPv4 packet read back field by field: at least a 20-byte header, the
+/// rest as far as it goes (the transport is what follows the header up to
+/// the end of the bytes, whatever the total length field says).
+#[derive(Clone, Copy, Debug)]
+pub struct Ipv4View<'a> {
+    ip: &'a [u8],
+}
+
+impl<'a> Ipv4View<'a> {
+    /// The IPv4 packet of an untagged Ethernet frame; `None` if it is not
+    /// IPv4 or shorter than an IPv4 header.
+    pub fn of_frame(frame: &'a [u8]) -> Option<Self> {
+        let ethertype = u16::from_be_bytes(frame.get(12..14)?.try_into().ok()?);
+        if ethertype != ETHERTYPE_IPV4 {
+            return None;
+        }
+        Self::of_packet(frame.get(ETH_HEADER_LEN..)?)
+    }
+
+    /// `ip` as an IPv4 packet; `None` if it is not one or too short.
+    pub fn of_packet(ip: &'a [u8]) -> Option<Self> {
+        (ip.len() >= IPV4_HEADER_LEN && ip[0] >> 4 == 4).then_some(Self { ip })
+    }
+
+    fn addr(&self, at: usize) -> Ipv4Addr {
+        Ipv4Addr::new(
+            self.ip[at],
+            self.ip[at + 1],
+            self.ip[at + 2],
+            self.ip[at + 3],
+        )
+    }
+
+    pub fn src(&self) -> Ipv4Addr {
+        self.addr(12)
+    }
+
+    pub fn dst(&self) -> Ipv4Addr {
+        self.addr(16)
+    }
+
+    pub fn proto(&self) -> u8 {
+        self.ip[9]
+    }
+
+    /// The IPv4 header, options included (as far as the bytes go).
+    pub fn header(&self) -> &'a [u8] {
+        &self.ip[..self.header_len().min(self.ip.len())]
+    }
+
+    fn header_len(&self) -> usize {
+        usize::from(self.ip[0] & 0x0f) * 4
+    }
+
+    /// The bytes after the header: the transport header and payload, or a
+    /// later fragment's data.
+    pub fn transport(&self) -> &'a [u8] {
+        self.ip.get(self.header_len()..).unwrap_or(&[])
+    }
+
+    fn transport_word(&self, at: usize) -> Option<u16> {
+        let bytes = self.transport().get(at..at + 2)?;
+        Some(u16::from_be_bytes([bytes[0], bytes[1]]))
+    }
+
+    /// Whether this is a later fragment, which has no transport header.
+    fn is_later_fragment(&self) -> bool {
+        u16::from_be_bytes([self.ip[6], self.ip[7]]) & 0x1fff != 0
+    }
+
+    /// TCP or UDP source and destination ports.
+    pub fn ports(&self) -> Option<(u16, u16)> {
+        match self.proto() {
+            IPPROTO_TCP | IPPROTO_UDP => self.transport_word(0).zip(self.transport_word(2)),
+            _ => None,
+        }
+    }
+
+    /// An ICMP message's type and code.
+    pub fn icmp_type_code(&self) -> Option<(u8, u8)> {
+        let icmp = self.transport().get(..2)?;
+        (self.proto() == IPPROTO_ICMP).then_some((icmp[0], icmp[1]))
+    }
+
+    /// An ICMP echo request's or reply's identifier.
+    pub fn echo_id(&self) -> Option<u16> {
+        match self.icmp_type_code()? {
+            (ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY, 0) => self.transport_word(4),
+            _ => None,
+        }
+    }
+
+    /// A UDP header's checksum field (0: none).
+    pub fn udp_checksum(&self) -> Option<u16> {
+        (self.proto() == IPPROTO_UDP)
+            .then(|| self.transport_word(6))
+            .flatten()
+    }
+
+    /// A TCP header's flags.
+    pub fn tcp_flags(&self) -> Option<u8> {
+        (self.proto() == IPPROTO_TCP)
+            .then(|| self.transport().get(13).copied())
+            .flatten()
+    }
+
+    /// The packet an ICMP error quotes, after its 8-byte ICMP header.
+    pub fn quoted(&self) -> Option<Self> {
+        self.icmp_type_code()?;
+        Self::of_packet(self.transport().get(ICMP_HEADER_LEN..)?)
+    }
+
+    /// Whether the IPv4 header checksum holds.
+    pub fn header_checksum_holds(&self) -> bool {
+        checksum(&[self.header()]) == 0
+    }
+
+    /// Whether the TCP, UDP or ICMP checksum holds over the transport bytes
+    /// there are (a UDP checksum of 0, "none", holds); `None` for other
+    /// protocols and for later fragments, which have no transport header.
+    pub fn transport_checksum_holds(&self) -> Option<bool> {
+        if self.is_later_fragment() {
+            return None;
+        }
+        let transport = self.transport();
+        let with_pseudo_header = || {
+            let pseudo = pseudo_header(self.src(), self.dst(), self.proto(), transport.len());
+            checksum(&[&pseudo, transport]) == 0
+        };
+        match self.proto() {
+            IPPROTO_ICMP => Some(checksum(&[transport]) == 0),
+            IPPROTO_UDP if self.udp_checksum() == Some(0) => Some(true),
+            IPPROTO_TCP | IPPROTO_UDP => Some(with_pseudo_header()),
+            _ => None,
+        }
+    }
+}
+
 /// A captured Ethernet frame's IPv4 packet, as far as it can be read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Seen {
@@ -449,34 +652,17 @@ pub struct Seen {
 impl Seen {
     /// Reads an untagged Ethernet frame; `None` if it is not IPv4.
     pub fn parse(frame: &[u8]) -> Option<Self> {
-        let ethertype = u16::from_be_bytes(frame.get(12..14)?.try_into().ok()?);
-        if ethertype != ETHERTYPE_IPV4 {
-            return None;
-        }
-        let ip = frame.get(ETH_HEADER_LEN..)?;
-        if ip.first()? >> 4 != 4 {
-            return None;
-        }
-        let addr = |at: usize| -> Option<Ipv4Addr> {
-            let octets: [u8; 4] = ip.get(at..at + 4)?.try_into().ok()?;
-            Some(Ipv4Addr::from(octets))
-        };
-        let proto = *ip.get(9)?;
-        let l4 = ip.get(usize::from(ip[0] & 0x0f) * 4..).unwrap_or(&[]);
-        let word = |at: usize| Some(u16::from_be_bytes(l4.get(at..at + 2)?.try_into().ok()?));
-        let ports = match proto {
-            IPPROTO_TCP | IPPROTO_UDP => word(0).zip(word(2)),
-            IPPROTO_ICMP => l4.get(..2).map(|tc| (u16::from(tc[0]), u16::from(tc[1]))),
-            _ => None,
-        };
+        let ip = Ipv4View::of_frame(frame)?;
+        let ports = ip.ports().or_else(|| {
+            let (icmp_type, code) = ip.icmp_type_code()?;
+            Some((u16::from(icmp_type), u16::from(code)))
+        });
         Some(Self {
-            src: addr(12)?,
-            dst: addr(16)?,
-            proto,
+            src: ip.src(),
+            dst: ip.dst(),
+            proto: ip.proto(),
             ports,
-            tcp_flags: (proto == IPPROTO_TCP)
-                .then(|| l4.get(13).copied())
-                .flatten(),
+            tcp_flags: ip.tcp_flags(),
         })
     }
 }
@@ -528,9 +714,11 @@ mod tests {
         assert_eq!(udp.len(), 20 + 8 + 5);
         assert_eq!(u16::from_be_bytes([udp[2], udp[3]]), 33);
         assert_eq!(checksum(&[&udp[..20]]), 0, "IPv4 header checksum");
-        let mut pseudo = [A.octets(), B.octets()].concat();
-        pseudo.extend_from_slice(&[0, IPPROTO_UDP, 0, 13]);
+        let pseudo = [A.octets(), B.octets(), [0, IPPROTO_UDP, 0, 13]].concat();
         assert_eq!(checksum(&[&pseudo, &udp[20..]]), 0, "UDP checksum");
+        let view = Ipv4View::of_packet(&udp).unwrap();
+        assert!(view.header_checksum_holds());
+        assert_eq!(view.transport_checksum_holds(), Some(true));
 
         let seen = Seen::parse(&frame(&Packet::tcp(A, B, 40000, 80, TCP_SYN))).unwrap();
         assert_eq!(seen.to_string(), "10.85.0.2>192.168.61.12 TCP 40000>80 [S]");
@@ -565,6 +753,56 @@ mod tests {
         assert_eq!(error.len(), 20 + 8 + 28);
         assert_eq!(&error[28..56], &QUOTED.ipv4()[..28]);
         assert_eq!(checksum(&[&error[20..]]), 0, "ICMP checksum");
+    }
+
+    #[test]
+    fn views_read_back_what_packets_describe() {
+        const QUOTED: Packet = Packet::udp(B, A, 7, 9).payload(3);
+        let error = Packet::icmp_error(A, B, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, &QUOTED, 99)
+            .frame([2; 6], [4; 6]);
+        let outer = Ipv4View::of_frame(&error).unwrap();
+        assert_eq!((outer.src(), outer.dst()), (A, B));
+        assert_eq!(outer.icmp_type_code(), Some((3, 3)));
+        assert_eq!(outer.transport_checksum_holds(), Some(true));
+        let quoted = outer.quoted().unwrap();
+        assert_eq!((quoted.src(), quoted.ports()), (B, Some((7, 9))));
+        assert!(quoted.header_checksum_holds(), "quoted whole");
+        assert_eq!(quoted.transport_checksum_holds(), Some(true));
+
+        let echo = Packet::icmp_echo(A, B, ICMP_ECHO_REQUEST, 77).ttl(1).ipv4();
+        let view = Ipv4View::of_packet(&echo).unwrap();
+        assert_eq!((view.echo_id(), echo[8]), (Some(77), 1));
+        assert_eq!(
+            view.quoted().map(|q| q.src()),
+            None,
+            "an echo quotes nothing"
+        );
+
+        let later = Packet::other(A, B, IPPROTO_UDP)
+            .ip_id(0x4321)
+            .last_fragment(1480)
+            .ipv4();
+        assert_eq!(&later[4..8], &[0x43, 0x21, 0, 185]);
+        let view = Ipv4View::of_packet(&later).unwrap();
+        assert!(view.header_checksum_holds());
+        assert_eq!(view.transport_checksum_holds(), None, "no transport header");
+        let first = Packet::udp(A, B, 1, 2).first_fragment().ipv4();
+        assert_eq!(&first[6..8], &[0x20, 0]);
+        let unchecked = Packet::udp(A, B, 1, 2).udp_no_checksum().ipv4();
+        let view = Ipv4View::of_packet(&unchecked).unwrap();
+        assert_eq!(view.udp_checksum(), Some(0));
+        assert_eq!(view.transport_checksum_holds(), Some(true));
+
+        let broken = Packet::udp(A, B, 1, 2).bad_ip_checksum().ipv4();
+        assert!(
+            !Ipv4View::of_packet(&broken)
+                .unwrap()
+                .header_checksum_holds()
+        );
+        let mut corrupted = Packet::tcp(A, B, 1, 2, TCP_SYN).ipv4();
+        corrupted[30] ^= 1;
+        let view = Ipv4View::of_packet(&corrupted).unwrap();
+        assert_eq!(view.transport_checksum_holds(), Some(false));
     }
 
     impl Packet {

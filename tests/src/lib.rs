@@ -30,6 +30,7 @@
 //! - [`capture`]: an AF_PACKET capture recording IPv4 sources seen on an interface;
 //! - [`frame`]: hand-built (and deliberately broken) Ethernet + IPv4 frames, and reading them back;
 //! - [`inject`]: sending such frames out of a lab interface with an AF_PACKET socket;
+//! - [`test_run`]: the TC programs loaded alone and run on such frames (BPF_PROG_TEST_RUN);
 //! - [`snmp`]: the kernel's own IP counters of a lab node;
 //! - [`daemon_support`]: `bpfmasq run` as a guarded child process, polling with a deadline,
 //!   the SIGKILL-mid-transfer restart scenario;
@@ -72,6 +73,7 @@ pub mod refusal;
 pub mod snmp;
 pub mod tcp;
 pub mod tcx;
+pub mod test_run;
 pub mod topology;
 pub mod tracer;
 pub mod tun;

@@ -25,7 +25,10 @@ use bpfmasq_e2e::{
     Datapath, Lab,
     capture::{Capture, Captured},
     datapath::counter,
-    frame::{Mac, Packet, Seen, TCP_SYN, TotalLength, every_tcp_flag_combination},
+    frame::{
+        ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_PORT_UNREACH, Mac, Packet,
+        Seen, TCP_SYN, TotalLength, every_tcp_flag_combination,
+    },
     icmp::ping,
     inject::{Injector, mac_of},
     process::describe,
@@ -64,11 +67,7 @@ const UDP_LITE: u8 = 136;
 const IGMP: u8 = 2;
 const RESERVED_PROTO: u8 = 255;
 
-const ICMP_ECHO_REPLY: u8 = 0;
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_PORT_UNREACH: u8 = 3;
 const ICMP_REDIRECT: u8 = 5;
-const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAMETER_PROBLEM: u8 = 12;
 const ICMP_TIMESTAMP: u8 = 13;

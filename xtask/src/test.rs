@@ -26,8 +26,15 @@ const TEST_THREADS: &str = "4";
 /// The e2e package, and the variable its helpers read to choose `--fast-path`.
 pub const E2E_PACKAGE: &str = "bpfmasq-e2e";
 pub const FAST_PATH_ENV: &str = "BPFMASQ_E2E_FAST_PATH";
-/// Tests the second pass skips: they do not depend on `--fast-path`.
-const MODE_INDEPENDENT: &[&str] = &["quick_bench", "the_image_", "manifests_", "systemd_unit_"];
+/// Tests the second pass skips: they do not depend on `--fast-path`
+/// (`test_run::`: the programs run alone, tests/tests/prog_test_run.rs).
+const MODE_INDEPENDENT: &[&str] = &[
+    "quick_bench",
+    "the_image_",
+    "manifests_",
+    "systemd_unit_",
+    "test_run::",
+];
 /// The variable naming the OCI archive tests/tests/image.rs runs.
 const IMAGE_ENV: &str = "BPFMASQ_IMAGE";
 
