@@ -105,7 +105,15 @@ fn probe_loads_every_program_and_reports_its_verifier_budget() {
     assert_eq!(report["kernel"], kernel::release().as_str(), "{report:#}");
     let programs = report["programs"].as_array().expect("programs");
     let names: Vec<&str> = programs.iter().filter_map(|p| p["name"].as_str()).collect();
-    assert_eq!(names, ["uplink_egress", "uplink_ingress", "bridge_ingress"]);
+    assert_eq!(
+        names,
+        [
+            "uplink_egress",
+            "uplink_ingress",
+            "bridge_ingress",
+            "pod_port_ingress"
+        ]
+    );
     for program in programs {
         assert_eq!(program["loaded"], true, "{program:#}");
         if let Some(insns) = program["instructions_processed"].as_u64() {
