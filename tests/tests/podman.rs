@@ -198,15 +198,29 @@ fn podman_containers_reach_the_peer_with_the_nat_address_and_take_their_flows_wi
         );
     }
 
-    // podman rm (CNI DEL) takes exactly that container's flows.
+    // podman rm (CNI DEL) takes exactly that container's flows, and its
+    // port leaves the source check.
+    assert_eq!(
+        source_checked_ports(&lab),
+        2,
+        "ADD checks each container's port"
+    );
     let b_flows = flows_from(&lab, "10.85.1.11");
     podman.remove("a");
     assert_eq!(flows_from(&lab, "10.85.1.10"), 0, "a's flows outlived it");
     assert_eq!(flows_from(&lab, "10.85.1.11"), b_flows, "b's flows changed");
+    assert_eq!(source_checked_ports(&lab), 1, "a's port is still checked");
 
     // The next container given a's address starts with none.
     let c = podman.run("c", NETWORK, "10.85.1.10");
     assert!(container_flows(&lab, &c).is_empty());
+}
+
+/// How many container ports `status` says have the source check.
+fn source_checked_ports(lab: &Lab) -> u64 {
+    host_json(lab, &["status", "--json"])["source_checked_ports"]
+        .as_u64()
+        .expect("status --json has source_checked_ports")
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
