@@ -41,8 +41,9 @@ pub async fn stats(netns: Option<&str>, query: &Query, watch_it: bool) -> Result
         println!("{}", serde_json::to_string_pretty(&map)?);
         return Ok(());
     }
+    let width = name_width();
     for (counter, value) in totals {
-        println!("{:<26} {value:>14}", counter.name());
+        println!("{:<width$} {value:>14}", counter.name());
     }
     Ok(())
 }
@@ -51,6 +52,7 @@ pub async fn stats(netns: Option<&str>, query: &Query, watch_it: bool) -> Result
 async fn watch(instance: &Instance) -> Result<()> {
     let mut previous = counter_totals(instance)?;
     let mut at = Instant::now();
+    let width = name_width();
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(()),
@@ -62,13 +64,22 @@ async fn watch(instance: &Instance) -> Result<()> {
         // Clear the screen and home the cursor: a refresh in place.
         print!("\x1b[2J\x1b[H");
         println!(
-            "{:<26} {:>14} {:>12}   (Ctrl-C to stop)",
+            "{:<width$} {:>14} {:>12}   (Ctrl-C to stop)",
             "COUNTER", "TOTAL", "PER SECOND"
         );
         for ((counter, now), (_, before)) in current.iter().zip(&previous) {
             let rate = now.saturating_sub(*before) as f64 / elapsed;
-            println!("{:<26} {now:>14} {rate:>12.1}", counter.name());
+            println!("{:<width$} {now:>14} {rate:>12.1}", counter.name());
         }
         previous = current;
     }
+}
+
+/// The counter column's width: the longest counter name.
+fn name_width() -> usize {
+    Counter::ALL
+        .iter()
+        .map(|c| c.name().len())
+        .max()
+        .unwrap_or(0)
 }
