@@ -506,26 +506,21 @@ impl IdleConnection {
         }
     }
 
-    /// The server still answers on `stream` (the connection survived), then
-    /// both ends close.
-    fn still_answers(mut stream: TcpStream, server: TcpServer<Vec<u8>>) {
-        let answer = tcp::ask_line(&mut stream, b"after\n").expect("the connection still works");
+    /// The server still answers (the connection survived), then both ends
+    /// close.
+    fn still_answers(mut self) {
+        let answer =
+            tcp::ask_line(&mut self.stream, b"after\n").expect("the connection still works");
         assert_eq!(answer, echo::reply("idle", b"after\n"));
-        close(stream);
-        drop(server.join());
+        close(self.stream);
+        drop(self.server.join());
     }
 }
 
 #[test]
 fn run_takeover_moves_a_live_connection_into_the_daemons_datapath() {
     let lab = Lab::up("tkrun", 1);
-    let IdleConnection {
-        server,
-        server_addr,
-        pod,
-        stream,
-        nat,
-    } = IdleConnection::open_through_iptables(&lab);
+    let conn = IdleConnection::open_through_iptables(&lab);
 
     let (daemon, line) = Daemon::start(&lab, &["--takeover"]);
     assert!(line.contains("attached to"), "{line}");
@@ -541,21 +536,15 @@ fn run_takeover_moves_a_live_connection_into_the_daemons_datapath() {
         None,
         "the plugin's rules are still there"
     );
-    let flow = flow_of(&lab, pod, server_addr).expect("the imported flow");
-    assert_eq!(translated(&flow), nat, "{flow}");
-    IdleConnection::still_answers(stream, server);
+    let flow = flow_of(&lab, conn.pod, conn.server_addr).expect("the imported flow");
+    assert_eq!(translated(&flow), conn.nat, "{flow}");
+    conn.still_answers();
 }
 
 #[test]
 fn a_failed_conntrack_dump_changes_nothing() {
     let lab = Lab::up("tkfail", 1);
-    let IdleConnection {
-        server,
-        server_addr,
-        pod,
-        stream,
-        nat,
-    } = IdleConnection::open_through_iptables(&lab);
+    let conn = IdleConnection::open_through_iptables(&lab);
 
     let args = attach_args(&lab, &["--takeover"]);
     let mut command = Command::new(product::bin());
@@ -574,8 +563,11 @@ fn a_failed_conntrack_dump_changes_nothing() {
     );
     assert!(!lab.pins_dir().exists(), "something was attached");
     assert!(Shape::Iptables.rules(&lab).is_some(), "a rule was removed");
-    assert_eq!(nf_nat_of(&nf_snat(&lab), pod, server_addr), Some(nat));
-    IdleConnection::still_answers(stream, server);
+    assert_eq!(
+        nf_nat_of(&nf_snat(&lab), conn.pod, conn.server_addr),
+        Some(conn.nat)
+    );
+    conn.still_answers();
     remove_rules(&lab, Shape::Iptables);
 }
 

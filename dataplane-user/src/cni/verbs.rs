@@ -5,7 +5,6 @@
 
 use std::net::Ipv4Addr;
 
-use dataplane_common::pods::{PodRecord, to_field};
 use ipnet::Ipv4Net;
 
 use super::{
@@ -18,7 +17,7 @@ use crate::{
         attach_fresh, bpffs, detach_instance,
         instance::{Instance, netns_label},
         kernel::Kernel,
-        options::{AttachOptions, LinkType, Resolved},
+        options::{AttachOptions, KnownContainer, LinkType, Resolved},
         pinned,
         pods::{self, raw},
         ports::{self, Port},
@@ -48,22 +47,14 @@ pub async fn add(conf: &NetConf, who: &Attachment) -> Result<serde_json::Value, 
             ),
         ));
     };
-    let record = PodRecord {
-        host_ifindex: host.veth_ifindex,
-        container_id: to_field(&who.container_id).ok_or_else(|| {
-            CniError::new(
-                Code::INVALID_ENV,
-                format!(
-                    "CNI_CONTAINERID `{}` is longer than {} bytes",
-                    who.container_id,
-                    dataplane_common::pods::CONTAINER_ID_LEN
-                ),
-            )
-        })?,
-        ifname: to_field(&who.ifname)
-            .ok_or_else(|| CniError::new(Code::INVALID_ENV, "CNI_IFNAME is too long"))?,
-        host_veth: to_field(&host.veth).unwrap_or_default(),
+    let container = KnownContainer {
+        id: who.container_id.clone(),
+        ifname: who.ifname.clone(),
+        host_veth: host.veth.clone(),
+        ips: ips.iter().map(Ipv4Net::addr).collect(),
     };
+    let record = pods::record(&container, host.veth_ifindex)
+        .or_cni(Code::INVALID_ENV, "CNI_CONTAINERID or CNI_IFNAME")?;
 
     let _lock = lock().or_cni(Code::STATE, "taking bpfmasq's lock")?;
     let options = AttachOptions {
@@ -89,13 +80,13 @@ pub async fn add(conf: &NetConf, who: &Attachment) -> Result<serde_json::Value, 
     };
     let instance = ensure_attached(&netlink, &options).await?;
 
-    let mut map = pods::open(&instance).or_cni(Code::STATE, "opening the container records")?;
+    let map = pods::open(&instance).or_cni(Code::STATE, "opening the container records")?;
     let known = pods::containers(&map).or_cni(Code::STATE, "reading the container records")?;
-    let addrs: Vec<Ipv4Addr> = ips.iter().map(Ipv4Net::addr).collect();
     // An address whose record is another container's (or none) may still
     // carry flows of a container removed without DEL: they must not reach
     // this one.
-    let inherited: Vec<u32> = addrs
+    let inherited: Vec<u32> = container
+        .ips
         .iter()
         .filter(|ip| {
             !known
@@ -108,18 +99,13 @@ pub async fn add(conf: &NetConf, who: &Attachment) -> Result<serde_json::Value, 
         Code::STATE,
         "removing flows left on the container's address",
     )?;
-    pods::insert(&mut map, &addrs, &record).or_cni(Code::STATE, "recording the container")?;
-    if host.veth_ifindex != 0 {
-        let mode = pinned::read_record(&instance)
-            .or_cni(Code::STATE, "reading the datapath's record")?
-            .attach_mode();
-        let port = Port {
-            name: &host.veth,
-            index: host.veth_ifindex,
-        };
-        ports::attach(&instance, mode, port)
-            .or_cni(Code::ATTACH_FAILED, "checking the container's sources")?;
-    }
+    let mode = pinned::read_record(&instance)
+        .or_cni(Code::STATE, "reading the datapath's record")?
+        .attach_mode();
+    ports::record(&instance, mode, &container, &record).or_cni(
+        Code::ATTACH_FAILED,
+        "recording the container and checking its sources",
+    )?;
 
     let mut result = conf.prev_result.clone().unwrap_or_default();
     if let Some(object) = result.as_object_mut() {

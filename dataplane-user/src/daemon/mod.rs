@@ -318,20 +318,20 @@ async fn start(
     // Another version's pins are refused, not taken for defunct: removing
     // them would cut every flow of a datapath that still works.
     layout::check(instance)?;
-    let pinned = match pinned::read_config(instance).and_then(|config| {
+    let read = pinned::read_config(instance).and_then(|config| {
         let record = pinned::read_record(instance)?;
         Ok((config, record))
-    }) {
-        Ok(pinned) => pinned,
+    });
+    let (pinned_config, pinned) = match read {
+        Ok(both) => both,
         Err(e) => {
             let reason = format!("its CONFIG or RECORD cannot be read: {e:#}");
             return reattach(netlink, instance, resolved, link_type, reason).await;
         }
     };
-    if let Some(reason) = tc::defunct_reason(instance, (&pinned.0, &pinned.1), resolved) {
+    if let Some(reason) = tc::defunct_reason(instance, (&pinned_config, &pinned), resolved) {
         return reattach(netlink, instance, resolved, link_type, reason).await;
     }
-    let pinned = pinned.1;
     warn_about_kept_settings(&pinned, resolved, link_type);
     // A program the kernel rejects fails here, with the pinned datapath untouched.
     let (mut ebpf, config, record) = datapath::load_adopting(instance, resolved, &pinned)?;

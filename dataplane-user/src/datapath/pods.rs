@@ -5,9 +5,9 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{HashMap, IterableMap as _, MapData};
-use dataplane_common::pods::{PodRecord, field_str};
+use dataplane_common::pods::{PodRecord, field_str, to_field};
 use serde::Serialize;
 
 use super::{
@@ -15,6 +15,7 @@ use super::{
     flows::{FlowView, snapshot},
     gc,
     instance::Instance,
+    options::KnownContainer,
     pinned,
 };
 
@@ -88,6 +89,21 @@ pub fn find<'a>(containers: &'a [Container], id: &str) -> Result<&'a Container> 
         [] => bail!("no container `{id}` is recorded (see `bpfmasq containers`)"),
         _ => bail!("container id `{id}` is ambiguous: give more of it"),
     }
+}
+
+/// The record of `container`, whose bridge port has index `host_ifindex`
+/// (0: none known).
+pub fn record(container: &KnownContainer, host_ifindex: u32) -> Result<PodRecord> {
+    Ok(PodRecord {
+        host_ifindex,
+        container_id: field(&container.id, "container id")?,
+        ifname: field(&container.ifname, "interface name")?,
+        host_veth: field(&container.host_veth, "interface name")?,
+    })
+}
+
+fn field<const N: usize>(text: &str, what: &str) -> Result<[u8; N]> {
+    to_field(text).ok_or_else(|| anyhow!("{what} `{text}` is longer than {N} bytes"))
 }
 
 /// Opens the instance's records.

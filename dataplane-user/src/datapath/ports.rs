@@ -4,7 +4,7 @@
 //!
 //! The program is loaded with the datapath's others and pinned beside them
 //! ([`PIN_PROG_POD_PORT`]); whoever records a container (the CNI plugin's
-//! ADD, `containers add`, a lab's attach) attaches that pinned program to the
+//! ADD, a lab's `attach` or `run`) attaches that pinned program to the
 //! container's port. With tcx each port's link is pinned as
 //! `link_port_<ifindex>`; with clsact each port has one filter at a fixed
 //! priority and handle, so it is found again without a record. Attaching
@@ -16,31 +16,28 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
-        links::{FdLink, PinnedLink},
-        tc::{
-            NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle, qdisc_add_clsact,
-            qdisc_detach_program,
-        },
+        ProgramError, SchedClassifier, TcAttachType,
+        tc::{NlOptions, TcError, TcHandle, qdisc_add_clsact},
     },
 };
-use dataplane_common::{
-    config::AttachMode,
-    maps,
-    pods::{PodRecord, to_field},
-};
+use dataplane_common::{config::AttachMode, maps, pods::PodRecord};
 
-use super::{instance::Instance, loader::classifier, options::KnownContainer, pods};
+use super::{
+    instance::Instance,
+    loader::classifier,
+    options::KnownContainer,
+    pods,
+    tc::{
+        add_filter, attach_tcx_first, detach_filter, repin_program, replace_filter, unpin_link,
+        update_tcx_link,
+    },
+};
 
 /// Pin name of the loaded `pod_port_ingress` program.
 pub const PIN_PROG_POD_PORT: &str = "prog_pod_port_ingress";
 /// clsact: the port filter's priority (first: nothing before it may pass a
-/// spoofed packet on) and handle.
-const CLSACT_PRIORITY: u16 = 1;
-const CLSACT_HANDLE: u32 = 0xb9a5;
-/// The name tc lists the port filter under: the program's, cut to the 15
-/// bytes the kernel keeps (BPF_OBJ_NAME_LEN).
-const FILTER_NAME: &str = "pod_port_ingres";
+/// spoofed packet on) and handle, the same on every port.
+const CLSACT_FILTER: (u16, u32) = (1, 0xb9a5);
 
 /// A container's bridge port.
 #[derive(Clone, Copy, Debug)]
@@ -53,15 +50,8 @@ pub struct Port<'a> {
 /// Pins the loaded `pod_port_ingress` in `instance`'s folder (replacing an
 /// earlier one: ports attached later get this one).
 pub fn pin_program(ebpf: &mut Ebpf, instance: &Instance) -> Result<()> {
-    let pin = instance.pin(PIN_PROG_POD_PORT);
-    match std::fs::remove_file(&pin) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("unpinning {}", pin.display())),
-    }
-    classifier(ebpf, maps::PROG_POD_PORT_INGRESS)?
-        .pin(&pin)
-        .with_context(|| format!("pinning {}", pin.display()))
+    let program = classifier(ebpf, maps::PROG_POD_PORT_INGRESS)?;
+    repin_program(program, &instance.pin(PIN_PROG_POD_PORT))
 }
 
 fn link_pin(instance: &Instance, port: Port) -> PathBuf {
@@ -88,28 +78,14 @@ pub fn attach(instance: &Instance, mode: AttachMode, port: Port) -> Result<()> {
 
 fn attach_tcx(instance: &Instance, program: &mut SchedClassifier, port: Port) -> Result<()> {
     let pin = link_pin(instance, port);
-    if let Ok(link) = PinnedLink::from_pin(&pin) {
-        let link: SchedClassifierLink = FdLink::from(link).try_into()?;
-        if let Ok(id) = program.attach_to_link(link) {
-            drop(program.take_link(id)?);
+    if pin.exists() {
+        if update_tcx_link(program, &pin).is_ok() {
             return Ok(());
         }
         // A link left from an earlier interface with this index: replaced.
-        std::fs::remove_file(&pin).with_context(|| format!("unpinning {}", pin.display()))?;
+        unpin_link(&pin)?;
     }
-    let id = program.attach_with_options(
-        port.name,
-        TcAttachType::Ingress,
-        TcAttachOptions::TcxOrder(LinkOrder::first()),
-    )?;
-    let link: FdLink = program
-        .take_link(id)?
-        .try_into()
-        .context("tcx link is not an fd link")?;
-    // If pinning fails the link is dropped here, which detaches it.
-    link.pin(&pin)
-        .with_context(|| format!("pinning {}", pin.display()))?;
-    Ok(())
+    attach_tcx_first(program, port.name, TcAttachType::Ingress, &pin)
 }
 
 fn attach_clsact(program: &mut SchedClassifier, port: Port) -> Result<()> {
@@ -118,28 +94,16 @@ fn attach_clsact(program: &mut SchedClassifier, port: Port) -> Result<()> {
         Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
         Err(e) => return Err(e).context("adding a clsact qdisc"),
     }
-    let existing = SchedClassifierLink::attached(
-        port.name,
-        TcAttachType::Ingress,
-        CLSACT_PRIORITY,
-        TcHandle::from(CLSACT_HANDLE),
-        None,
-    )?;
     // Replacing fails when there is no filter yet: then it is created.
-    let id = match program.attach_to_link(existing) {
-        Ok(id) => id,
-        Err(_) => program.attach_with_options(
-            port.name,
-            TcAttachType::Ingress,
-            TcAttachOptions::Netlink(NlOptions {
-                priority: CLSACT_PRIORITY,
-                handle: TcHandle::from(CLSACT_HANDLE),
-                ..NlOptions::default()
-            }),
-        )?,
-    };
-    // Dropping a netlink link removes the filter; it must outlive us.
-    std::mem::forget(program.take_link(id)?);
+    if replace_filter(program, port.name, TcAttachType::Ingress, CLSACT_FILTER).is_err() {
+        let (priority, handle) = CLSACT_FILTER;
+        let options = NlOptions {
+            priority,
+            handle: TcHandle::from(handle),
+            ..NlOptions::default()
+        };
+        add_filter(program, port.name, TcAttachType::Ingress, options)?;
+    }
     Ok(())
 }
 
@@ -148,59 +112,60 @@ fn attach_clsact(program: &mut SchedClassifier, port: Port) -> Result<()> {
 pub fn detach(instance: &Instance, mode: AttachMode, port: Port) -> Result<()> {
     let pin = link_pin(instance, port);
     if pin.exists() {
-        let link =
-            PinnedLink::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
-        link.unpin()
-            .with_context(|| format!("unpinning {}", pin.display()))?;
+        unpin_link(&pin)?;
     }
-    if mode == AttachMode::Clsact {
-        match qdisc_detach_program(port.name, TcAttachType::Ingress, FILTER_NAME) {
-            Ok(()) => {}
-            // No such port, or no check on it: nothing to remove.
-            Err(TcError::IoError(e))
-                if e.kind() == std::io::ErrorKind::NotFound
-                    || e.raw_os_error() == Some(libc::ENODEV) => {}
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("removing the source check from `{}`", port.name));
-            }
-        }
+    if mode == AttachMode::Clsact
+        && let Err(e) = detach_filter(port.name, TcAttachType::Ingress, CLSACT_FILTER)
+        && !already_gone(&e)
+    {
+        return Err(e);
     }
     Ok(())
 }
 
-/// Records each of `containers` (replacing what its addresses had) and
-/// puts the source check on its port.
+/// Whether removing a port's filter failed only because there is nothing
+/// to remove: no such interface, or no such filter on it.
+fn already_gone(error: &anyhow::Error) -> bool {
+    let gone = |code| matches!(code, Some(libc::ENODEV | libc::ENOENT));
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|e| gone(e.raw_os_error()))
+        || matches!(
+            error.downcast_ref::<ProgramError>(),
+            Some(ProgramError::NetlinkError(e)) if gone(e.raw_os_error())
+        )
+}
+
+/// Records `container`'s addresses (replacing what they had) as `record`
+/// says and puts the source check on its port, when it has one.
+pub fn record(
+    instance: &Instance,
+    mode: AttachMode,
+    container: &KnownContainer,
+    record: &PodRecord,
+) -> Result<()> {
+    pods::insert(&mut pods::open(instance)?, &container.ips, record)?;
+    if record.host_ifindex == 0 {
+        return Ok(());
+    }
+    let port = Port {
+        name: &container.host_veth,
+        index: record.host_ifindex,
+    };
+    attach(instance, mode, port)
+}
+
+/// Records each of `containers`, found by their host veth's name, and puts
+/// the source check on its port.
 pub fn record_known(
     instance: &Instance,
     mode: AttachMode,
     containers: &[KnownContainer],
 ) -> Result<()> {
-    if containers.is_empty() {
-        return Ok(());
-    }
-    let mut records = pods::open(instance)?;
     for c in containers {
         let index = interface_index(&c.host_veth)
             .ok_or_else(|| anyhow!("container `{}`: no interface `{}`", c.id, c.host_veth))?;
-        let record = PodRecord {
-            host_ifindex: index,
-            container_id: to_field(&c.id)
-                .ok_or_else(|| anyhow!("container id `{}` is too long", c.id))?,
-            ifname: to_field(&c.ifname)
-                .ok_or_else(|| anyhow!("interface name `{}` is too long", c.ifname))?,
-            host_veth: to_field(&c.host_veth)
-                .ok_or_else(|| anyhow!("interface name `{}` is too long", c.host_veth))?,
-        };
-        pods::insert(&mut records, &c.ips, &record)?;
-        attach(
-            instance,
-            mode,
-            Port {
-                name: &c.host_veth,
-                index,
-            },
-        )?;
+        record(instance, mode, c, &pods::record(c, index)?)?;
     }
     Ok(())
 }
@@ -260,15 +225,4 @@ fn interface_index(name: &str) -> Option<u32> {
     // SAFETY: plain libc call with a NUL-terminated name.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     (index != 0).then_some(index)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_filter_name_is_the_program_name_as_the_kernel_keeps_it() {
-        let kept = &maps::PROG_POD_PORT_INGRESS[..maps::PROG_POD_PORT_INGRESS.len().min(15)];
-        assert_eq!(FILTER_NAME, kept);
-    }
 }

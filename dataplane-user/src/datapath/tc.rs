@@ -227,20 +227,29 @@ fn attach_tcx(ebpf: &mut Ebpf, instance: &Instance, ifaces: &Interfaces) -> Resu
 
 fn attach_tcx_hook(ebpf: &mut Ebpf, hook: &Hook, iface: &str, pin: &Path) -> Result<()> {
     let program = classifier(ebpf, hook.program)?;
-    let id = program
-        .attach_with_options(
-            iface,
-            hook.attach_type,
-            // First: a program before it that returned TCX_PASS would let
-            // pod packets leave untranslated.
-            TcAttachOptions::TcxOrder(LinkOrder::first()),
+    attach_tcx_first(program, iface, hook.attach_type, pin).with_context(|| {
+        format!(
+            "attaching {} to {iface} ({:?}) with tcx",
+            hook.program, hook.attach_type
         )
-        .with_context(|| {
-            format!(
-                "attaching {} to {iface} ({:?}) with tcx",
-                hook.program, hook.attach_type
-            )
-        })?;
+    })
+}
+
+/// Attaches `program` first on `iface`'s tcx hook and pins the link at
+/// `pin` (the link lives as long as the pin).
+pub(super) fn attach_tcx_first(
+    program: &mut SchedClassifier,
+    iface: &str,
+    attach_type: TcAttachType,
+    pin: &Path,
+) -> Result<()> {
+    // First: a program before it that returned TCX_PASS would let
+    // pod packets leave untranslated.
+    let id = program.attach_with_options(
+        iface,
+        attach_type,
+        TcAttachOptions::TcxOrder(LinkOrder::first()),
+    )?;
     let link: FdLink = program
         .take_link(id)?
         .try_into()
@@ -251,8 +260,73 @@ fn attach_tcx_hook(ebpf: &mut Ebpf, hook: &Hook, iface: &str, pin: &Path) -> Res
     Ok(())
 }
 
+/// Swaps `program` into the tcx link pinned at `pin` (BPF_LINK_UPDATE).
+pub(super) fn update_tcx_link(program: &mut SchedClassifier, pin: &Path) -> Result<()> {
+    let link: SchedClassifierLink = FdLink::from(
+        PinnedLink::from_pin(pin).with_context(|| format!("opening {}", pin.display()))?,
+    )
+    .try_into()
+    .with_context(|| format!("{} is not a tcx link", pin.display()))?;
+    let id = program
+        .attach_to_link(link)
+        .with_context(|| format!("updating the tcx link {}", pin.display()))?;
+    // The pin keeps the link, now running the new program; our fd can go.
+    drop(program.take_link(id)?);
+    Ok(())
+}
+
+/// Attaches `program` as a clsact filter on `iface` with `options` and
+/// leaves it there; returns its (priority, handle).
+pub(super) fn add_filter(
+    program: &mut SchedClassifier,
+    iface: &str,
+    attach_type: TcAttachType,
+    options: NlOptions,
+) -> Result<(u16, u32)> {
+    let id = program.attach_with_options(iface, attach_type, TcAttachOptions::Netlink(options))?;
+    let link = program.take_link(id)?;
+    let filter = (link.priority()?, u32::from(link.handle()?));
+    // Dropping a netlink link removes the filter; it must outlive us.
+    std::mem::forget(link);
+    Ok(filter)
+}
+
+/// Swaps `program` into the clsact filter (priority, handle) on `iface`
+/// (RTM_NEWTFILTER without NLM_F_CREATE: fails if the filter is gone).
+pub(super) fn replace_filter(
+    program: &mut SchedClassifier,
+    iface: &str,
+    attach_type: TcAttachType,
+    (priority, handle): (u16, u32),
+) -> Result<()> {
+    let link =
+        SchedClassifierLink::attached(iface, attach_type, priority, TcHandle::from(handle), None)
+            .with_context(|| format!("finding {iface}"))?;
+    let id = program.attach_to_link(link).with_context(|| {
+        format!(
+            "replacing the {attach_type:?} filter (priority {priority}, handle {handle:#x}) on {iface}"
+        )
+    })?;
+    // As in add_filter: dropping a netlink link would remove the filter.
+    std::mem::forget(program.take_link(id)?);
+    Ok(())
+}
+
+/// Pins `program` at `pin`, in place of whatever was pinned there
+/// (unpinning the old one lets the kernel free it once unused).
+pub(super) fn repin_program(program: &mut SchedClassifier, pin: &Path) -> Result<()> {
+    match std::fs::remove_file(pin) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("unpinning {}", pin.display())),
+    }
+    program
+        .pin(pin)
+        .with_context(|| format!("pinning {}", pin.display()))
+}
+
 /// Unpins a tcx link; closing the last reference detaches it.
-fn unpin_link(pin: &Path) -> Result<()> {
+pub(super) fn unpin_link(pin: &Path) -> Result<()> {
     let link = PinnedLink::from_pin(pin).with_context(|| format!("opening {}", pin.display()))?;
     link.unpin()
         .with_context(|| format!("unpinning {}", pin.display()))?;
@@ -305,22 +379,13 @@ fn attach_clsact_hook(
     program_pin: &Path,
 ) -> Result<(u16, u32)> {
     let program = classifier(ebpf, hook.program)?;
-    let id = program
-        .attach_with_options(
-            iface,
-            hook.attach_type,
-            TcAttachOptions::Netlink(NlOptions::default()),
-        )
-        .with_context(|| {
+    let filter =
+        add_filter(program, iface, hook.attach_type, NlOptions::default()).with_context(|| {
             format!(
                 "attaching {} to {iface} ({:?}) with clsact",
                 hook.program, hook.attach_type
             )
         })?;
-    let link = program.take_link(id)?;
-    let filter = (link.priority()?, u32::from(link.handle()?));
-    // Dropping a netlink link removes the filter; it must outlive us.
-    std::mem::forget(link);
     // The filter keeps the program alive; the pin makes it visible under our folder.
     if let Err(e) = program.pin(program_pin) {
         detach_filter(iface, hook.attach_type, filter)?;
@@ -329,7 +394,7 @@ fn attach_clsact_hook(
     Ok(filter)
 }
 
-fn detach_filter(
+pub(super) fn detach_filter(
     iface: &str,
     attach_type: TcAttachType,
     (priority, handle): (u16, u32),
@@ -480,58 +545,16 @@ pub fn replace(
     ifaces: &Interfaces,
     record: &AttachRecord,
 ) -> Result<()> {
-    for (hook, (priority, handle)) in HOOKS.iter().zip(record.filters) {
+    for (hook, filter) in HOOKS.iter().zip(record.filters) {
         let iface = ifaces.on(hook.side).name.as_str();
         let program = classifier(ebpf, hook.program)?;
         match record.mode {
-            Some(AttachMode::Tcx) => {
-                let pin = instance.pin(hook.link_pin);
-                let link: SchedClassifierLink = FdLink::from(
-                    PinnedLink::from_pin(&pin)
-                        .with_context(|| format!("opening {}", pin.display()))?,
-                )
-                .try_into()
-                .with_context(|| format!("{} is not a tcx link", pin.display()))?;
-                let id = program.attach_to_link(link).with_context(|| {
-                    format!(
-                        "updating the tcx link {} to the new {}",
-                        pin.display(),
-                        hook.program
-                    )
-                })?;
-                // The pin keeps the link, now running the new program; our fd can go.
-                drop(program.take_link(id)?);
-            }
+            Some(AttachMode::Tcx) => update_tcx_link(program, &instance.pin(hook.link_pin))
+                .with_context(|| format!("swapping in the new {}", hook.program))?,
             Some(AttachMode::Clsact) => {
-                let link = SchedClassifierLink::attached(
-                    iface,
-                    hook.attach_type,
-                    priority,
-                    TcHandle::from(handle),
-                    None,
-                )
-                .with_context(|| format!("finding {iface}"))?;
-                let id = program.attach_to_link(link).with_context(|| {
-                    format!(
-                        "replacing the {:?} filter (priority {priority}, handle {handle:#x}) on {iface}",
-                        hook.attach_type
-                    )
-                })?;
-                // As in attach: dropping a netlink link would remove the filter.
-                std::mem::forget(program.take_link(id)?);
-                // The filter now holds the new program; the pin follows it
-                // (unpinning the old one lets the kernel free it).
-                let pin = instance.pin(hook.program_pin);
-                match std::fs::remove_file(&pin) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("unpinning {}", pin.display()));
-                    }
-                }
-                program
-                    .pin(&pin)
-                    .with_context(|| format!("pinning {}", pin.display()))?;
+                replace_filter(program, iface, hook.attach_type, filter)?;
+                // The filter now holds the new program; the pin follows it.
+                repin_program(program, &instance.pin(hook.program_pin))?;
             }
             None | Some(AttachMode::None) => {
                 return Err(anyhow!(
